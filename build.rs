@@ -1,0 +1,46 @@
+//! Builds libforkhook.so (the `hook/` crate) and hands its path to the launcher,
+//! which embeds it with `include_bytes!`, so `cargo install` gives one binary.
+//!
+//! The nested cargo gets its own target directory: sharing ours would deadlock on
+//! the lock this very build holds. It builds the core library again as a dependency
+//! of the hook, which runs this script again: `FORKHOOK_NESTED_BUILD` stops that.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=FORKHOOK_NESTED_BUILD");
+    if env::var_os("FORKHOOK_NESTED_BUILD").is_some() {
+        return;
+    }
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    for watched in ["hook", "src", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", manifest_dir.join(watched).display());
+    }
+
+    let target_dir = out_dir.join("hook-target");
+    let mut command = Command::new(cargo);
+    command
+        .arg("build")
+        .arg("--release")
+        .arg("--manifest-path")
+        .arg(manifest_dir.join("hook/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("FORKHOOK_NESTED_BUILD", "1")
+        // Lints and wrappers of the outer command (clippy) are not for this build.
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CLIPPY_ARGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET");
+    let status = command.status().expect("cannot run cargo to build the hook library");
+    assert!(status.success(), "building hook/ (libforkhook.so) failed");
+
+    let built = target_dir.join("release/libforkhook.so");
+    let embedded = out_dir.join("libforkhook.so");
+    std::fs::copy(&built, &embedded).expect("copy libforkhook.so");
+    println!("cargo:rustc-env=FORKHOOK_EMBEDDED_LIBRARY={}", embedded.display());
+}

@@ -1,0 +1,407 @@
+//! Taking a checkpoint, parking it, and forking runs from it.
+//!
+//! The process tree of a session is a chain:
+//!
+//! ```text
+//! coordinator (the original pid) ─ checkpoint 1 ─ checkpoint 2 ─ … ─ run ─ what the run spawned
+//! ```
+//!
+//! At a first access the run forks: the parent parks as the new checkpoint, the child
+//! carries on as the run. A parked checkpoint is a subreaper, so whatever its run
+//! spawned (also daemons that detached) stays below it and can be found and ended.
+//! On a resume order it ends everything below it, then forks a fresh run, which
+//! returns from the hooked call and performs the real `open` on the edited file.
+//!
+//! A forked child (the run) may do anything: it is the program. A parked checkpoint
+//! only ever runs the code in this file, and leaves with `_exit`, so the program's
+//! atexit handlers and stdio buffers are never run twice.
+
+use crate::config::ThreadPolicy;
+use crate::coordinator;
+use crate::fingerprint::Fingerprint;
+use crate::hook::{self, process};
+use crate::protocol::{Down, Up, DOWN_LEN};
+use crate::report::human;
+use crate::sys::{self, Fork, Pid, SignalSet};
+use std::io;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// What a run knows about its session. Lives in the run's memory, so a resumed run
+/// gets the version its checkpoint had, updated by [`park`] for the new branch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionState {
+    /// Socket to the coordinator (inherited by every process of the session).
+    pub up: RawFd,
+    pub epoch: u64,
+    /// Newest checkpoint above this run: the resume point for files it reads next.
+    pub checkpoint: Pid,
+    /// `now - origin` is the time into the run as if it had started from scratch.
+    pub origin: Instant,
+    /// Time this branch has spent taking checkpoints (for the budget).
+    pub spent: Duration,
+    /// Cost of the last checkpoint, our estimate of the next one.
+    pub last_cost: Duration,
+    /// Checkpoints above this run.
+    pub depth: usize,
+}
+
+impl SessionState {
+    fn send(&self, message: &Up, pass: Option<RawFd>) -> io::Result<()> {
+        sys::send_message(self.up, &message.encode(), pass)
+    }
+
+    fn elapsed_ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+}
+
+/// Signals a parked process (checkpoint or coordinator) leaves to the kernel's
+/// defaults: job control, so Ctrl-Z still suspends the whole session, and faults.
+const UNBLOCKED: &[libc::c_int] = &[
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGCONT,
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGFPE,
+    libc::SIGILL,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+];
+
+pub(crate) fn parked_signals() -> SignalSet {
+    SignalSet::all_except(UNBLOCKED)
+}
+
+/// The run touched `file` (an existing regular file that matches the filter) for the
+/// first time. Takes a checkpoint if the budget allows, then tells the coordinator.
+pub(crate) fn at_first_access(file: &Path) {
+    let Some(settings) = hook::settings() else {
+        return;
+    };
+    let report = hook::reporter();
+    let session = process().as_ref().and_then(|p| p.session);
+    let session = match session {
+        Some(s) => s,
+        None => match start_session() {
+            Ok(s) => s,
+            Err(e) => {
+                report.error(&format!("cannot start a session ({e}); the program runs unwatched"));
+                return;
+            }
+        },
+    };
+
+    let mut session = session;
+    if within_budget(&session, settings) && threads_allow(settings) {
+        match take(session, file) {
+            Ok(resumed) => session = resumed,
+            Err(e) => report.warn(&format!(
+                "no checkpoint before {} ({e}); a change to it resumes from an earlier one",
+                file.display()
+            )),
+        }
+    } else {
+        report.detail(&format!(
+            "no checkpoint before {} (budget); a change to it resumes from an earlier one",
+            file.display()
+        ));
+    }
+    if let Some(p) = process().as_mut() {
+        p.session = Some(session);
+    }
+    // The fingerprint is taken before the real call reads the file: an edit after this
+    // point differs from it, whenever the coordinator gets to look.
+    let _ = session.send(
+        &Up::Access {
+            epoch: session.epoch,
+            checkpoint: session.checkpoint,
+            elapsed_ns: session.elapsed_ns(),
+            fingerprint: Fingerprint::of_path(file),
+            file: file.to_path_buf(),
+        },
+        None,
+    );
+}
+
+/// The first checkpoint turns this (original) process into the coordinator: it forks,
+/// the child carries on as the program, and this process never returns to it.
+fn start_session() -> io::Result<SessionState> {
+    hook::forget_preload();
+    let (coordinator_end, member_end) = sys::seqpacket_pair()?;
+    let coordinator_end = sys::move_high(coordinator_end)?;
+    let member_end = sys::move_high(member_end)?;
+    let terminal = sys::tcgetattr(0);
+    match sys::fork()? {
+        Fork::Child => {
+            drop(coordinator_end);
+            Ok(SessionState {
+                up: member_end.into_raw_fd(),
+                epoch: 0,
+                checkpoint: 0,
+                origin: hook::start_time(),
+                spent: Duration::ZERO,
+                last_cost: Duration::ZERO,
+                depth: 0,
+            })
+        }
+        Fork::Parent(child) => {
+            drop(member_end);
+            coordinator::run(coordinator_end, child, terminal)
+        }
+    }
+}
+
+/// Checkpoints are spent under a budget: a share of the run's time (a big process
+/// pays milliseconds per fork, and more in copy-on-write faults afterwards) and a
+/// count. A file without its own checkpoint resumes from the newest one before it,
+/// which is still before its first access.
+fn within_budget(session: &SessionState, settings: &crate::config::Settings) -> bool {
+    if session.depth == 0 {
+        return true;
+    }
+    if session.depth >= settings.budget.max_checkpoints {
+        return false;
+    }
+    let elapsed = session.origin.elapsed().as_secs_f64();
+    let next = session.spent + session.last_cost;
+    next.as_secs_f64() <= settings.budget.time_share * elapsed
+}
+
+/// fork(2) copies only the calling thread: say so once, and skip if told to.
+fn threads_allow(settings: &crate::config::Settings) -> bool {
+    let threads = sys::thread_count();
+    if threads <= 1 {
+        return true;
+    }
+    let skip = settings.threads == ThreadPolicy::Skip;
+    let first = process().as_mut().is_some_and(|p| !std::mem::replace(&mut p.warned_threads, true));
+    if first {
+        hook::reporter().warn(&format!(
+            "the program runs {threads} threads at a checkpoint: a resumed run has only the \
+             thread that opened the file, so work the others were doing (and locks they held) \
+             is lost; {}",
+            if skip {
+                "no checkpoint is taken while they run (FORKHOOK_THREADS=skip)"
+            } else {
+                "checkpointing anyway (set FORKHOOK_THREADS=skip to take none while they run)"
+            }
+        ));
+    }
+    !skip
+}
+
+/// Takes a checkpoint: announce it, fork, park the parent. Returns in the child, the
+/// run, with its updated state. Returns `Err` in this same process when no run could
+/// be forked: the program then carries on without this checkpoint.
+fn take(session: SessionState, file: &Path) -> io::Result<SessionState> {
+    let began = Instant::now();
+    sys::flush_stdio();
+    let offsets = record_offsets();
+    let (orders, orders_for_coordinator) = sys::pipe()?;
+    let orders = sys::move_high(orders)?;
+    let me = sys::getpid();
+    let elapsed = session.origin.elapsed();
+    session.send(
+        &Up::Checkpoint {
+            epoch: session.epoch,
+            pid: me,
+            elapsed_ns: elapsed.as_nanos() as u64,
+            file: file.to_path_buf(),
+        },
+        Some(orders_for_coordinator.as_raw_fd()),
+    )?;
+    // Only the coordinator holds the write end now: if it dies, we read end-of-file.
+    drop(orders_for_coordinator);
+
+    let parked = Parked {
+        orders,
+        offsets,
+        elapsed,
+        session,
+        file: file.display().to_string(),
+    };
+    match parked.park(began) {
+        Ok(resumed) => Ok(resumed),
+        Err(e) => {
+            let _ = session.send(
+                &Up::CheckpointFailed {
+                    epoch: session.epoch,
+                    pid: me,
+                    errno: e.raw_os_error().unwrap_or(0),
+                },
+                None,
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Offsets of the files open for reading, so a resumed run reads on from where the
+/// checkpoint was (forked processes share offsets: the old run moved them).
+fn record_offsets() -> Vec<(RawFd, i64)> {
+    let Ok(fds) = sys::open_fds() else {
+        return Vec::new();
+    };
+    fds.into_iter()
+        .filter(|&fd| {
+            sys::fd_flags(fd).is_ok_and(|f| f & libc::O_ACCMODE == libc::O_RDONLY)
+                && sys::fstat(fd).is_ok_and(|s| s.regular)
+        })
+        .filter_map(|fd| Some((fd, sys::lseek(fd, 0, libc::SEEK_CUR).ok()?)))
+        .collect()
+}
+
+struct Parked {
+    orders: OwnedFd,
+    offsets: Vec<(RawFd, i64)>,
+    /// time into the run at this checkpoint
+    elapsed: Duration,
+    session: SessionState,
+    file: String,
+}
+
+impl Parked {
+    /// Forks the first run at once (taking a checkpoint does not stop the program),
+    /// then waits for orders. Returns only in a forked run.
+    fn park(self, began: Instant) -> io::Result<SessionState> {
+        let me = sys::getpid();
+        let program_mask = parked_signals().block();
+        let sigchld = match SignalSet::of(&[libc::SIGCHLD]).signalfd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                program_mask.set_mask();
+                return Err(e);
+            }
+        };
+        // Before the first fork, so even what the first run spawns stays below us.
+        let _ = sys::set_child_subreaper();
+        let mut epoch = self.session.epoch;
+        let mut run = match self.fork_run(epoch, &program_mask, &sigchld) {
+            Ok(Fork::Parent(pid)) => pid,
+            Ok(Fork::Child) => return Ok(self.run_state(epoch, began)),
+            Err(e) => {
+                drop(sigchld);
+                program_mask.set_mask();
+                return Err(e);
+            }
+        };
+        let report = hook::reporter();
+        report.detail(&format!(
+            "checkpoint {} before {} ({} in, took {})",
+            self.session.depth + 1,
+            self.file,
+            human(self.elapsed),
+            human(began.elapsed())
+        ));
+
+        loop {
+            let ready = sys::poll_readable(&[self.orders.as_raw_fd(), sigchld.as_raw_fd()], -1)
+                .unwrap_or_else(|_| vec![false, false]);
+            if ready[1] {
+                sys::read_signals(sigchld.as_raw_fd());
+                while let Ok(Some((pid, status))) = sys::wait_any(false) {
+                    if pid == run {
+                        let _ = self.session.send(&Up::RunEnded { epoch, pid, status }, None);
+                        run = 0;
+                    }
+                }
+            }
+            if ready[0] {
+                let mut buf = [0u8; DOWN_LEN];
+                match sys::read(self.orders.as_raw_fd(), &mut buf) {
+                    Ok(DOWN_LEN) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // End of file: the coordinator is gone, and so is the session.
+                    _ => {
+                        end_descendants(me);
+                        sys::exit_now(0);
+                    }
+                }
+                let Ok(Down::Resume { epoch: new_epoch }) = Down::decode(&buf) else {
+                    continue;
+                };
+                end_descendants(me);
+                epoch = new_epoch;
+                let began = Instant::now();
+                match self.fork_run(epoch, &program_mask, &sigchld) {
+                    Ok(Fork::Parent(pid)) => run = pid,
+                    Ok(Fork::Child) => return Ok(self.run_state(epoch, began)),
+                    Err(e) => {
+                        report.error(&format!("cannot fork a run from the checkpoint: {e}"));
+                        run = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forks a run. In the child: the program's signal mask back, our descriptors
+    /// closed, the file offsets of the checkpoint restored, and a parent-death signal
+    /// so the run never outlives its checkpoint.
+    fn fork_run(&self, epoch: u64, program_mask: &SignalSet, sigchld: &OwnedFd) -> io::Result<Fork> {
+        let me = sys::getpid();
+        let fork = sys::fork()?;
+        match fork {
+            Fork::Child => {
+                sys::close(sigchld.as_raw_fd());
+                sys::close(self.orders.as_raw_fd());
+                program_mask.set_mask();
+                let _ = sys::set_parent_death_signal(libc::SIGKILL);
+                if sys::getppid() != me {
+                    // The checkpoint died between fork and prctl.
+                    sys::exit_now(1);
+                }
+                for &(fd, offset) in &self.offsets {
+                    let _ = sys::lseek(fd, offset, libc::SEEK_SET);
+                }
+            }
+            Fork::Parent(pid) => {
+                let _ = self.session.send(
+                    &Up::RunStarted {
+                        epoch,
+                        pid,
+                        checkpoint: me,
+                    },
+                    None,
+                );
+            }
+        }
+        Ok(fork)
+    }
+
+    fn run_state(&self, epoch: u64, began: Instant) -> SessionState {
+        let cost = began.elapsed();
+        SessionState {
+            up: self.session.up,
+            epoch,
+            checkpoint: sys::getppid(),
+            // Time into the run restarts from where the checkpoint was.
+            origin: Instant::now() - self.elapsed,
+            spent: self.session.spent + cost,
+            last_cost: cost,
+            depth: self.session.depth + 1,
+        }
+    }
+}
+
+/// Ends every process below `me` and reaps them. Walks the tree again after each
+/// reap: a killed parent's children are reparented to us (we are a subreaper), and
+/// one may have forked between the walk and the kill.
+pub(crate) fn end_descendants(me: Pid) {
+    loop {
+        let below = sys::descendants_of(me);
+        for &pid in &below {
+            let _ = sys::kill(pid, libc::SIGKILL);
+        }
+        match sys::wait_any(!below.is_empty()) {
+            Ok(Some(_)) => continue,
+            Ok(None) if below.is_empty() => return,
+            Ok(None) => continue,
+            Err(_) => return,
+        }
+    }
+}

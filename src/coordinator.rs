@@ -1,0 +1,550 @@
+//! The coordinator: the original process, once the first checkpoint is taken.
+//!
+//! It keeps the pid the shell waits for, owns the session's only inotify instance
+//! (one per session: the default limit is 128 instances per user), watches the
+//! *directories* of tracked files (so rename-over saves are seen), and decides, from
+//! what the runs tell it and what the disk holds, which checkpoint to resume.
+//!
+//! It runs inside the program's process image but never returns to the program: it
+//! leaves with `_exit`, and every signal it cares about arrives through a signalfd.
+
+use crate::checkpoint::{end_descendants, parked_signals};
+use crate::config::Settings;
+use crate::fingerprint::Fingerprint;
+use crate::hook;
+use crate::protocol::{Down, Up, MAX_UP_LEN};
+use crate::report::{display_path, human, signal_name, Reporter};
+use crate::sys::{self, Exit, InotifyEvent, Pid, Termios};
+use crate::timeline::{Checkpoint, Resume, Timeline};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Events that may mean "the content is now different". IN_MODIFY only marks a file
+/// as being written: deciding before its IN_CLOSE_WRITE would read half a save.
+const WATCH_MASK: u32 = libc::IN_CLOSE_WRITE
+    | libc::IN_MOVED_TO
+    | libc::IN_MOVED_FROM
+    | libc::IN_DELETE
+    | libc::IN_CREATE
+    | libc::IN_MODIFY
+    | libc::IN_DELETE_SELF
+    | libc::IN_MOVE_SELF
+    | libc::IN_ONLYDIR
+    | libc::IN_EXCL_UNLINK;
+const SETTLE_EVENTS: u32 =
+    libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE | libc::IN_CREATE;
+const DIR_GONE: u32 = libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED;
+
+/// How long a file may stay "being written" (IN_MODIFY without IN_CLOSE_WRITE) before
+/// its content is taken as it is: a writer that keeps a file open must not block us.
+const MAX_WRITE_WAIT: Duration = Duration::from_secs(2);
+/// How often to look for a watched directory that was removed to come back.
+const LOST_DIR_RETRY: Duration = Duration::from_millis(100);
+/// Time a run gets to end by itself on SIGTERM/SIGHUP before everything is killed.
+const STOP_GRACE: Duration = Duration::from_millis(300);
+
+struct Run {
+    pid: Pid,
+    started: Instant,
+    /// Time into the run the checkpoint had reached: what this run did not redo.
+    skipped: Duration,
+}
+
+struct Coordinator {
+    settings: &'static Settings,
+    report: Reporter,
+    cwd: Option<PathBuf>,
+    sock: OwnedFd,
+    signals: OwnedFd,
+    inotify: Option<OwnedFd>,
+    epoch: u64,
+    timeline: Timeline,
+    /// Order pipe of every live checkpoint.
+    orders: HashMap<Pid, OwnedFd>,
+    dir_of_watch: HashMap<i32, PathBuf>,
+    watch_of_dir: HashMap<PathBuf, i32>,
+    /// Directories that were removed while watched, until they come back.
+    lost_dirs: BTreeSet<PathBuf>,
+    warned_watch_limit: bool,
+    /// Files with change events not yet decided on.
+    pending: BTreeSet<PathBuf>,
+    writing: HashSet<PathBuf>,
+    pending_since: Option<Instant>,
+    last_event: Instant,
+    /// No resume before this (FORKMON_IGNORE_DELAY), so a burst right after one waits.
+    hold_until: Option<Instant>,
+    run: Option<Run>,
+    /// What the next RunStarted skipped (set when a resume is ordered).
+    next_skipped: Duration,
+    runs_started: u64,
+    terminal: Option<Termios>,
+}
+
+/// Becomes the coordinator. `first` is the forked child that carries on as the
+/// program; `terminal` the terminal settings at session start.
+pub(crate) fn run(sock: OwnedFd, first: Pid, terminal: Option<Termios>) -> ! {
+    let Some(settings) = hook::settings() else {
+        sys::exit_now(1)
+    };
+    let report = hook::reporter();
+    parked_signals().block();
+    let signals = match parked_signals().signalfd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            report.error(&format!("cannot receive signals ({e}); stopping"));
+            end_descendants(sys::getpid());
+            sys::exit_now(1)
+        }
+    };
+    let _ = sys::set_child_subreaper();
+    let inotify = match sys::inotify_init() {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            let hint = if e.raw_os_error() == Some(libc::EMFILE) {
+                "; too many inotify instances: raise fs.inotify.max_user_instances \
+                 (sudo sysctl fs.inotify.max_user_instances=1024)"
+            } else {
+                ""
+            };
+            report.error(&format!("cannot watch files ({e}){hint}; changes will not be seen"));
+            None
+        }
+    };
+    let _ = first;
+    let mut coordinator = Coordinator {
+        settings,
+        report,
+        cwd: std::env::current_dir().ok(),
+        sock,
+        signals,
+        inotify,
+        epoch: 0,
+        timeline: Timeline::default(),
+        orders: HashMap::new(),
+        dir_of_watch: HashMap::new(),
+        watch_of_dir: HashMap::new(),
+        lost_dirs: BTreeSet::new(),
+        warned_watch_limit: false,
+        pending: BTreeSet::new(),
+        writing: HashSet::new(),
+        pending_since: None,
+        last_event: Instant::now(),
+        hold_until: None,
+        run: None,
+        next_skipped: Duration::ZERO,
+        runs_started: 0,
+        terminal,
+    };
+    coordinator.serve()
+}
+
+impl Coordinator {
+    fn serve(&mut self) -> ! {
+        let mut message = vec![0u8; MAX_UP_LEN];
+        let mut events = Vec::new();
+        loop {
+            let timeout = self.next_timeout();
+            let mut fds = vec![self.sock.as_raw_fd(), self.signals.as_raw_fd()];
+            if let Some(inotify) = &self.inotify {
+                fds.push(inotify.as_raw_fd());
+            }
+            let ready = sys::poll_readable(&fds, timeout).unwrap_or_default();
+            if ready.get(1) == Some(&true) {
+                for sig in sys::read_signals(self.signals.as_raw_fd()) {
+                    if sig == libc::SIGCHLD {
+                        self.reap();
+                    } else if matches!(
+                        sig,
+                        libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT
+                    ) {
+                        self.stop(sig);
+                    }
+                }
+            }
+            if ready.first() == Some(&true) {
+                match sys::recv_message(self.sock.as_raw_fd(), &mut message) {
+                    Ok(Some((len, fd))) => match Up::decode(&message[..len]) {
+                        Ok(up) => self.on_message(up, fd),
+                        Err(_) => self.report.error("malformed message from a session process"),
+                    },
+                    Ok(None) => self.all_gone(),
+                    Err(_) => {}
+                }
+            }
+            if ready.get(2) == Some(&true) {
+                if let Some(inotify) = &self.inotify {
+                    events.clear();
+                    let _ = sys::inotify_read(inotify.as_raw_fd(), &mut events);
+                    let batch = std::mem::take(&mut events);
+                    for event in &batch {
+                        self.on_event(event);
+                    }
+                    events = batch;
+                }
+            }
+            self.retry_lost_dirs();
+            if self.settle_due() {
+                self.decide();
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ messages
+
+    fn on_message(&mut self, up: Up, fd: Option<OwnedFd>) {
+        match up {
+            Up::Checkpoint {
+                epoch,
+                pid,
+                elapsed_ns,
+                file,
+            } if epoch == self.epoch => {
+                let Some(fd) = fd else { return };
+                self.orders.insert(pid, fd);
+                self.timeline.checkpoint_taken(Checkpoint {
+                    pid,
+                    file,
+                    elapsed: Duration::from_nanos(elapsed_ns),
+                });
+            }
+            Up::Access {
+                epoch,
+                checkpoint,
+                fingerprint,
+                file,
+                ..
+            } if epoch == self.epoch => {
+                let known = self.timeline.is_tracked(&file);
+                if !self.timeline.accessed(file.clone(), checkpoint, fingerprint) {
+                    return;
+                }
+                let Some(dir) = file.parent() else { return };
+                if self.watch(dir) {
+                    // The edit may have landed between the run's fingerprint and our
+                    // watch: compare once now, so it is not missed.
+                    if Fingerprint::of_path(&file) != fingerprint {
+                        self.mark_pending(file.clone());
+                    }
+                }
+                if !known {
+                    self.report.detail(&format!("watching {}", self.show(&file)));
+                }
+            }
+            Up::RunStarted { epoch, pid, .. } if epoch == self.epoch => match &mut self.run {
+                // A new checkpoint: the same run goes on in its forked child.
+                Some(run) => run.pid = pid,
+                None => {
+                    // The first run started with the program, before any checkpoint.
+                    let started = if self.runs_started == 0 {
+                        hook::start_time()
+                    } else {
+                        Instant::now()
+                    };
+                    self.runs_started += 1;
+                    self.run = Some(Run {
+                        pid,
+                        started,
+                        skipped: self.next_skipped,
+                    });
+                }
+            },
+            Up::RunEnded { epoch, pid, status } if epoch == self.epoch => {
+                let Some(run) = self.run.take_if(|r| r.pid == pid) else {
+                    return;
+                };
+                self.restore_terminal();
+                self.report_run_end(&run, Exit::from_wait_status(status));
+            }
+            Up::CheckpointFailed { epoch, pid, errno } if epoch == self.epoch => {
+                self.orders.remove(&pid);
+                self.timeline.checkpoint_lost(pid);
+                self.report.warn(&format!(
+                    "a checkpoint could not fork its run ({}); the program carries on without it",
+                    std::io::Error::from_raw_os_error(errno)
+                ));
+            }
+            // From a branch a resume has thrown away.
+            _ => {}
+        }
+    }
+
+    fn report_run_end(&self, run: &Run, exit: Exit) {
+        let how = match exit {
+            Exit::Code(code) => format!("exited with status {code}"),
+            Exit::Signal(sig) => format!("was killed by {}", signal_name(sig)),
+        };
+        let resumed = if run.skipped > Duration::ZERO {
+            format!(" (resumed {} in)", human(run.skipped))
+        } else {
+            String::new()
+        };
+        let files = self.timeline.file_count();
+        self.report.info(&format!(
+            "run {how} after {}{resumed}; watching {files} file{} for changes (Ctrl-C to stop)",
+            human(run.started.elapsed()),
+            if files == 1 { "" } else { "s" },
+        ));
+    }
+
+    // ------------------------------------------------------------ watching
+
+    /// Watches `dir`; true if the watch is new.
+    fn watch(&mut self, dir: &Path) -> bool {
+        if self.watch_of_dir.contains_key(dir) {
+            return false;
+        }
+        let Some(inotify) = &self.inotify else {
+            return false;
+        };
+        match sys::inotify_add_watch(inotify.as_raw_fd(), dir, WATCH_MASK) {
+            Ok(wd) => {
+                self.watch_of_dir.insert(dir.to_path_buf(), wd);
+                self.dir_of_watch.insert(wd, dir.to_path_buf());
+                true
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                if !std::mem::replace(&mut self.warned_watch_limit, true) {
+                    self.report.error(&format!(
+                        "cannot watch {}: the inotify watch limit is reached; raise it with \
+                         `sudo sysctl fs.inotify.max_user_watches=524288` (see inotify(7)); \
+                         files in directories already watched still work",
+                        self.show(dir)
+                    ));
+                }
+                false
+            }
+            Err(_) => {
+                // Gone already (or unreadable): look for it to come back.
+                self.lost_dirs.insert(dir.to_path_buf());
+                false
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: &InotifyEvent) {
+        if event.mask & libc::IN_Q_OVERFLOW != 0 {
+            // Events were lost: check every tracked file.
+            let all: Vec<PathBuf> = self
+                .watch_of_dir
+                .keys()
+                .flat_map(|d| self.timeline.files_in(d).cloned().collect::<Vec<_>>())
+                .collect();
+            for file in all {
+                self.mark_pending(file);
+            }
+            return;
+        }
+        let Some(dir) = self.dir_of_watch.get(&event.wd).cloned() else {
+            return;
+        };
+        if event.mask & DIR_GONE != 0 {
+            self.dir_of_watch.remove(&event.wd);
+            self.watch_of_dir.remove(&dir);
+            self.lost_dirs.insert(dir.clone());
+            let files: Vec<PathBuf> = self.timeline.files_in(&dir).cloned().collect();
+            for file in files {
+                self.mark_pending(file);
+            }
+            return;
+        }
+        let path = dir.join(OsStr::from_bytes(&event.name));
+        if !self.timeline.is_tracked(&path) {
+            return;
+        }
+        if event.mask & libc::IN_MODIFY != 0 {
+            self.writing.insert(path.clone());
+        }
+        if event.mask & libc::IN_CLOSE_WRITE != 0 {
+            self.writing.remove(&path);
+        }
+        if event.mask & SETTLE_EVENTS != 0 {
+            self.mark_pending(path);
+        }
+    }
+
+    fn mark_pending(&mut self, path: PathBuf) {
+        self.pending.insert(path);
+        self.last_event = Instant::now();
+        self.pending_since.get_or_insert(self.last_event);
+    }
+
+    /// A removed directory that exists again is watched again, and its files are
+    /// compared (the whole directory may have been replaced, as `git checkout` does).
+    fn retry_lost_dirs(&mut self) {
+        if self.lost_dirs.is_empty() {
+            return;
+        }
+        for dir in std::mem::take(&mut self.lost_dirs) {
+            if self.watch(&dir) {
+                let files: Vec<PathBuf> = self.timeline.files_in(&dir).cloned().collect();
+                for file in files {
+                    self.mark_pending(file);
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ deciding
+
+    fn deadline(&self) -> Option<Instant> {
+        self.pending_since?;
+        let settled = self.last_event + self.settings.settle;
+        Some(match self.hold_until {
+            Some(hold) if hold > settled => hold,
+            _ => settled,
+        })
+    }
+
+    fn next_timeout(&self) -> i32 {
+        let mut timeout: Option<Duration> = self
+            .deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if !self.lost_dirs.is_empty() {
+            timeout = Some(timeout.map_or(LOST_DIR_RETRY, |t| t.min(LOST_DIR_RETRY)));
+        }
+        match timeout {
+            // Round up: waking early would only spin.
+            Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
+            None => -1,
+        }
+    }
+
+    fn settle_due(&mut self) -> bool {
+        let Some(deadline) = self.deadline() else {
+            return false;
+        };
+        let now = Instant::now();
+        if now < deadline {
+            return false;
+        }
+        let still_writing = self.pending.iter().any(|p| self.writing.contains(p));
+        let waited = self.pending_since.map_or(Duration::ZERO, |s| now - s);
+        if still_writing && waited < MAX_WRITE_WAIT {
+            // Half-written: wait for IN_CLOSE_WRITE (the deadline moves with it).
+            self.last_event = now;
+            return false;
+        }
+        true
+    }
+
+    fn decide(&mut self) {
+        let candidates = std::mem::take(&mut self.pending);
+        self.pending_since = None;
+        for path in &candidates {
+            self.writing.remove(path);
+        }
+        let names: Vec<String> = candidates.iter().map(|p| self.show(p)).collect();
+        match self.timeline.decide(candidates, Fingerprint::of_path) {
+            Some(resume) => self.resume(resume),
+            None => self.report.detail(&format!("{}: content unchanged, nothing to do", names.join(", "))),
+        }
+    }
+
+    /// Orders `resume.checkpoint` to end everything below it and fork a fresh run.
+    fn resume(&mut self, resume: Resume) {
+        let Resume {
+            index,
+            checkpoint,
+            changed,
+        } = resume;
+        let now: Vec<(PathBuf, Fingerprint)> = changed
+            .iter()
+            .map(|p| (p.clone(), Fingerprint::of_path(p)))
+            .collect();
+        self.epoch += 1;
+        for gone in self.timeline.resumed(index, &now) {
+            // Closing its order pipe also tells a later checkpoint to end its subtree.
+            self.orders.remove(&gone);
+        }
+        let order = Down::Resume { epoch: self.epoch }.encode();
+        let sent = self
+            .orders
+            .get(&checkpoint.pid)
+            .is_some_and(|fd| sys::write_all(fd.as_raw_fd(), &order).is_ok());
+        if !sent {
+            self.orders.remove(&checkpoint.pid);
+            self.timeline.checkpoint_lost(checkpoint.pid);
+            self.report.error(&format!(
+                "checkpoint {} is gone; cannot resume from it (restart forkhook to start over)",
+                index + 1
+            ));
+            return;
+        }
+        self.run = None;
+        self.next_skipped = checkpoint.elapsed;
+        self.restore_terminal();
+        if self.settings.hold_after_resume > Duration::ZERO {
+            self.hold_until = Some(Instant::now() + self.settings.hold_after_resume);
+        }
+        let names: Vec<String> = changed.iter().map(|p| self.show(p)).collect();
+        let before = self.show(&checkpoint.file);
+        let skip = if checkpoint.elapsed > Duration::ZERO {
+            format!(", skipping {}", human(checkpoint.elapsed))
+        } else {
+            String::new()
+        };
+        self.report.info(&format!(
+            "{} changed: resuming from checkpoint {} (before {before}){skip}",
+            names.join(", "),
+            index + 1,
+        ));
+    }
+
+    // ------------------------------------------------------------ processes
+
+    fn reap(&mut self) {
+        while let Ok(Some((pid, _))) = sys::wait_any(false) {
+            // The oldest checkpoint is our child; if it died, so did its order pipe.
+            if self.orders.remove(&pid).is_some() {
+                let dropped = self.timeline.checkpoint_lost(pid);
+                if dropped > 0 {
+                    self.report.warn(&format!(
+                        "checkpoint process {pid} died; {dropped} files can no longer be resumed"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Every process that could send us a message is gone: nothing can run again.
+    fn all_gone(&mut self) -> ! {
+        self.report.error("every checkpoint of the session is gone; stopping");
+        end_descendants(sys::getpid());
+        self.restore_terminal();
+        sys::exit_now(1)
+    }
+
+    /// Ctrl-C, SIGTERM, SIGHUP: everything ends, the terminal is restored, and the
+    /// session exits as a process killed by that signal would (128 + signal).
+    fn stop(&mut self, sig: i32) -> ! {
+        // Ctrl-C and Ctrl-\ already reached the run (same process group); a signal
+        // sent to us alone is passed on, and the run gets a moment to end cleanly.
+        if let Some(run) = &self.run {
+            if !matches!(sig, libc::SIGINT | libc::SIGQUIT) {
+                let _ = sys::kill(run.pid, sig);
+            }
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline && sys::kill(run.pid, 0).is_ok() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        end_descendants(sys::getpid());
+        self.restore_terminal();
+        self.report.detail(&format!("stopped by {}", signal_name(sig)));
+        sys::exit_now(128 + sig)
+    }
+
+    fn restore_terminal(&self) {
+        if let Some(t) = &self.terminal {
+            sys::tcsetattr(0, t);
+        }
+    }
+
+    fn show(&self, path: &Path) -> String {
+        display_path(path, self.cwd.as_deref())
+    }
+}

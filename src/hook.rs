@@ -1,0 +1,277 @@
+//! What happens inside an interposed call. The cdylib (`hook/`) turns C arguments
+//! into these calls; everything else about a file access is decided here.
+//!
+//! Rules for this module, because it runs inside the program's own `open`/`stat`:
+//! - it never re-enters itself: a thread-local guard makes every nested hooked call
+//!   (the regex crate, std, libc internals) go straight to the real function;
+//! - it does its own file I/O through raw syscalls (`sys`), never through hooked names;
+//! - it starts no thread, and holds no lock across a fork;
+//! - on a path that does not match, it costs one path normalisation and one regex match.
+
+use crate::checkpoint;
+use crate::config::Settings;
+use crate::path::AbsPath;
+use crate::report::Reporter;
+use crate::sys;
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::ffi::{CStr, CString};
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+/// How the program is about to use a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// open for reading (or reading and writing), fopen "r"/"r+"
+    Read,
+    /// open for writing only, or with truncation: the program produces this file, it
+    /// does not depend on it, so it is not watched (else its own writes would resume it)
+    Write,
+    /// stat and friends: CPython with a valid .pyc only stats the .py
+    Stat,
+}
+
+static SETTINGS: OnceLock<Settings> = OnceLock::new();
+static START: OnceLock<Instant> = OnceLock::new();
+/// The path this library was loaded from, to strip from `LD_PRELOAD` of children.
+static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+
+thread_local! {
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Held while the hook runs on this thread; a hooked call made meanwhile passes through.
+pub struct Guard(());
+
+impl Guard {
+    pub fn enter() -> Option<Guard> {
+        BUSY.try_with(|busy| (!busy.replace(true)).then_some(Guard(())))
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = BUSY.try_with(|busy| busy.set(false));
+    }
+}
+
+/// Per-process memory of the hook. It is copied by every fork, so a resumed run
+/// remembers exactly the files its checkpoint had seen, and no others.
+pub(crate) struct Process {
+    /// Absolute paths (lexical and resolved) already handled in this run.
+    pub seen: HashSet<Box<[u8]>>,
+    pub session: Option<checkpoint::SessionState>,
+    pub warned_threads: bool,
+}
+
+static PROCESS: Mutex<Option<Process>> = Mutex::new(None);
+
+pub(crate) fn process() -> MutexGuard<'static, Option<Process>> {
+    // A panic never happens while this is held (no unwinding in the hook), but if it
+    // did, the data is still consistent: take it anyway rather than stop hooking.
+    let mut guard = PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+    guard.get_or_insert_with(|| Process {
+        seen: HashSet::new(),
+        session: None,
+        warned_threads: false,
+    });
+    guard
+}
+
+pub(crate) fn settings() -> Option<&'static Settings> {
+    SETTINGS.get()
+}
+
+pub(crate) fn start_time() -> Instant {
+    *START.get_or_init(Instant::now)
+}
+
+pub(crate) fn reporter() -> Reporter {
+    match SETTINGS.get() {
+        Some(s) => Reporter {
+            quiet: s.quiet,
+            verbose: s.verbose,
+            color: s.color,
+        },
+        None => Reporter {
+            quiet: false,
+            verbose: false,
+            color: false,
+        },
+    }
+}
+
+/// The load-time constructor: read the settings and compile the filter. No fork, no
+/// thread, no watcher yet. Bad settings end the program before it runs, with status 2.
+pub fn init() {
+    let Some(_guard) = Guard::enter() else {
+        return;
+    };
+    start_time();
+    if let Some(path) = sys::own_object_path() {
+        let _ = LIBRARY.set(path);
+    }
+    match Settings::from_env(|name| std::env::var_os(name), sys::isatty(2)) {
+        Ok(settings) => {
+            // CPython keeps its own output buffer, which fflush(NULL) cannot reach: it
+            // would be written once by the run and again by each resumed copy.
+            if std::env::var_os("PYTHONUNBUFFERED").is_none() {
+                sys::set_env(c"PYTHONUNBUFFERED", Some(b"1"));
+            }
+            let _ = SETTINGS.set(settings);
+        }
+        Err(e) => {
+            reporter().error(&e.to_string());
+            sys::exit_now(2);
+        }
+    }
+}
+
+/// Called before the real `open`/`stat`/... with the program's arguments.
+pub fn before_access(dirfd: RawFd, path: &CStr, intent: Intent) {
+    let Some(settings) = SETTINGS.get() else {
+        return;
+    };
+    if intent == Intent::Write {
+        return;
+    }
+    let Some(_guard) = Guard::enter() else {
+        return;
+    };
+    let given = path.to_bytes();
+    if given.is_empty() {
+        return;
+    }
+    let Some(abs) = AbsPath::resolve(dirfd, given) else {
+        return;
+    };
+    // forkmon matched the name as the program passed it; a pattern anchored to a
+    // relative name (`^src/`) must keep working, so a relative name is tried too.
+    let matched = settings.filter.is_match(abs.as_bytes())
+        || (given[0] != b'/' && settings.filter.is_match(given));
+    if matched {
+        first_access(abs.as_bytes());
+    }
+}
+
+fn first_access(abs: &[u8]) {
+    if process().as_ref().is_some_and(|p| p.seen.contains(abs)) {
+        return;
+    }
+    let Ok(c_abs) = CString::new(abs) else {
+        return;
+    };
+    // Only an existing regular file is a dependency: a probe for a missing module
+    // (Lua's package.path, Python's sys.path) or a directory is not.
+    match sys::stat(&c_abs) {
+        Ok(stat) if stat.regular => {}
+        _ => return,
+    }
+    let resolved = sys::canonical(&c_abs)
+        .unwrap_or_else(|_| PathBuf::from(std::ffi::OsStr::from_bytes(abs)));
+    {
+        let mut guard = process();
+        let Some(p) = guard.as_mut() else { return };
+        // Two names for one file (a symlink, `..`) are one dependency.
+        let resolved_bytes = resolved.as_os_str().as_bytes();
+        let fresh_name = p.seen.insert(abs.into());
+        let fresh_file = resolved_bytes == abs || p.seen.insert(resolved_bytes.into());
+        if !fresh_name || !fresh_file {
+            return;
+        }
+    }
+    checkpoint::at_first_access(&resolved);
+}
+
+/// The environment for a program about to be exec'd, if it must change: once a
+/// session has started, processes the run spawns do not load the hook (DESIGN.md
+/// invariant 8), so this library is taken out of their `LD_PRELOAD`.
+pub fn exec_environment<'a>(envp: impl Iterator<Item = &'a CStr>) -> Option<Vec<CString>> {
+    let _guard = Guard::enter()?;
+    process().as_ref()?.session.as_ref()?;
+    let library = LIBRARY.get()?;
+    let mut changed = false;
+    let mut out = Vec::new();
+    for entry in envp {
+        let bytes = entry.to_bytes();
+        match bytes.strip_prefix(b"LD_PRELOAD=") {
+            Some(value) => {
+                let kept = without_library(value, library);
+                if kept.as_slice() != value {
+                    changed = true;
+                    if !kept.is_empty() {
+                        out.push(CString::new([&b"LD_PRELOAD="[..], &kept].concat()).ok()?);
+                    }
+                    continue;
+                }
+                out.push(entry.to_owned());
+            }
+            None => out.push(entry.to_owned()),
+        }
+    }
+    changed.then_some(out)
+}
+
+/// Takes this library out of this process's own `LD_PRELOAD`, for `system()`,
+/// `popen()` and other spawns that read `environ` inside libc.
+pub(crate) fn forget_preload() {
+    let (Some(library), Some(value)) = (LIBRARY.get(), std::env::var_os("LD_PRELOAD")) else {
+        return;
+    };
+    let kept = without_library(value.as_bytes(), library);
+    if kept.as_slice() != value.as_bytes() {
+        sys::set_env(c"LD_PRELOAD", (!kept.is_empty()).then_some(&kept[..]));
+    }
+}
+
+/// `LD_PRELOAD` (entries split by spaces or colons) without entries naming `library`.
+fn without_library(value: &[u8], library: &Path) -> Vec<u8> {
+    let library = library.as_os_str().as_bytes();
+    let lib_name = library.rsplit(|&b| b == b'/').next().unwrap_or(library);
+    let kept: Vec<&[u8]> = value
+        .split(|&b| b == b':' || b == b' ')
+        .filter(|e| !e.is_empty())
+        .filter(|e| {
+            let same_file = *e == library
+                || std::fs::canonicalize(Path::new(std::ffi::OsStr::from_bytes(e)))
+                    .is_ok_and(|c| c.as_os_str().as_bytes() == library);
+            // A bare name ("libforkhook.so") is found through the library path.
+            let same_name = !e.contains(&b'/') && *e == lib_name;
+            !(same_file || same_name)
+        })
+        .collect();
+    kept.join(&b':')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_library_leaves_ld_preload() {
+        let lib = Path::new("/home/me/.cache/forkhook/libforkhook-1.so");
+        assert_eq!(without_library(b"/home/me/.cache/forkhook/libforkhook-1.so", lib), b"");
+        assert_eq!(
+            without_library(b"/usr/lib/libasan.so:/home/me/.cache/forkhook/libforkhook-1.so", lib),
+            b"/usr/lib/libasan.so"
+        );
+        assert_eq!(
+            without_library(b"libforkhook-1.so /usr/lib/other.so", lib),
+            b"/usr/lib/other.so"
+        );
+        assert_eq!(without_library(b"/usr/lib/other.so", lib), b"/usr/lib/other.so");
+    }
+
+    #[test]
+    fn the_guard_is_not_reentrant() {
+        let outer = Guard::enter().expect("first entry");
+        assert!(Guard::enter().is_none());
+        drop(outer);
+        assert!(Guard::enter().is_some());
+    }
+}

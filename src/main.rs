@@ -1,0 +1,15 @@
+//! `forkhook [OPTIONS] -- COMMAND [ARGS]...`: see `forkhook --help`.
+
+use clap::Parser;
+use forkhook::launcher::{self, Cli};
+
+/// libforkhook.so, built from hook/ by build.rs.
+static LIBRARY: &[u8] = include_bytes!(env!("FORKHOOK_EMBEDDED_LIBRARY"));
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = launcher::main(cli, LIBRARY) {
+        eprintln!("forkhook: {error}");
+        std::process::exit(error.exit_code());
+    }
+}

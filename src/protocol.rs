@@ -1,0 +1,273 @@
+//! The messages between the processes of a session.
+//!
+//! Up (runs and checkpoints → coordinator) travel on one `SOCK_SEQPACKET` socket that
+//! every session process inherits: each send is one whole message, so concurrent
+//! senders never interleave. Down (coordinator → one checkpoint) travel on a pipe per
+//! checkpoint, whose write end only the coordinator holds: its closing is how a parked
+//! checkpoint learns the coordinator is gone.
+//!
+//! Every message carries the *epoch* of the branch it comes from. The coordinator
+//! bumps the epoch at each resume; messages still in flight from the branch it just
+//! threw away carry the old epoch and are dropped.
+
+use crate::fingerprint::Fingerprint;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+pub type Pid = i32;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Up {
+    /// A process parked itself as a checkpoint just before its first access to `file`.
+    /// Sent with the write end of the checkpoint's order pipe.
+    Checkpoint {
+        epoch: u64,
+        pid: Pid,
+        /// time into the run (as if started from scratch) at the checkpoint
+        elapsed_ns: u64,
+        file: PathBuf,
+    },
+    /// A run touched `file` for the first time; a change to it resumes from `checkpoint`.
+    /// `fingerprint` is the content the run is about to read.
+    Access {
+        epoch: u64,
+        checkpoint: Pid,
+        elapsed_ns: u64,
+        fingerprint: Fingerprint,
+        file: PathBuf,
+    },
+    /// A checkpoint forked a run.
+    RunStarted { epoch: u64, pid: Pid, checkpoint: Pid },
+    /// The run ended by itself (raw wait status).
+    RunEnded { epoch: u64, pid: Pid, status: i32 },
+    /// The checkpoint `pid` announced could not fork its run; it carries on as the
+    /// run itself, and is no checkpoint.
+    CheckpointFailed { epoch: u64, pid: Pid, errno: i32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Down {
+    /// End everything below you, then fork a fresh run that carries `epoch`.
+    Resume { epoch: u64 },
+}
+
+pub const DOWN_LEN: usize = 9;
+
+/// Largest encoded message: a path of PATH_MAX plus fixed fields.
+pub const MAX_UP_LEN: usize = 4096 + 64;
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Malformed;
+
+impl Up {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Vec::with_capacity(64);
+        match self {
+            Up::Checkpoint {
+                epoch,
+                pid,
+                elapsed_ns,
+                file,
+            } => {
+                w.push(1);
+                w.extend(epoch.to_le_bytes());
+                w.extend(pid.to_le_bytes());
+                w.extend(elapsed_ns.to_le_bytes());
+                put_path(&mut w, file);
+            }
+            Up::Access {
+                epoch,
+                checkpoint,
+                elapsed_ns,
+                fingerprint,
+                file,
+            } => {
+                w.push(2);
+                w.extend(epoch.to_le_bytes());
+                w.extend(checkpoint.to_le_bytes());
+                w.extend(elapsed_ns.to_le_bytes());
+                w.extend(fingerprint.to_bytes());
+                put_path(&mut w, file);
+            }
+            Up::RunStarted {
+                epoch,
+                pid,
+                checkpoint,
+            } => {
+                w.push(3);
+                w.extend(epoch.to_le_bytes());
+                w.extend(pid.to_le_bytes());
+                w.extend(checkpoint.to_le_bytes());
+            }
+            Up::RunEnded { epoch, pid, status } => {
+                w.push(4);
+                w.extend(epoch.to_le_bytes());
+                w.extend(pid.to_le_bytes());
+                w.extend(status.to_le_bytes());
+            }
+            Up::CheckpointFailed { epoch, pid, errno } => {
+                w.push(5);
+                w.extend(epoch.to_le_bytes());
+                w.extend(pid.to_le_bytes());
+                w.extend(errno.to_le_bytes());
+            }
+        }
+        w
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Up, Malformed> {
+        let (&tag, rest) = bytes.split_first().ok_or(Malformed)?;
+        let mut r = Reader(rest);
+        let msg = match tag {
+            1 => Up::Checkpoint {
+                epoch: r.u64()?,
+                pid: r.i32()?,
+                elapsed_ns: r.u64()?,
+                file: r.path()?,
+            },
+            2 => Up::Access {
+                epoch: r.u64()?,
+                checkpoint: r.i32()?,
+                elapsed_ns: r.u64()?,
+                fingerprint: Fingerprint::from_bytes(r.take(Fingerprint::LEN)?).ok_or(Malformed)?,
+                file: r.path()?,
+            },
+            3 => Up::RunStarted {
+                epoch: r.u64()?,
+                pid: r.i32()?,
+                checkpoint: r.i32()?,
+            },
+            4 => Up::RunEnded {
+                epoch: r.u64()?,
+                pid: r.i32()?,
+                status: r.i32()?,
+            },
+            5 => Up::CheckpointFailed {
+                epoch: r.u64()?,
+                pid: r.i32()?,
+                errno: r.i32()?,
+            },
+            _ => return Err(Malformed),
+        };
+        Ok(msg)
+    }
+}
+
+impl Down {
+    pub fn encode(&self) -> [u8; DOWN_LEN] {
+        let Down::Resume { epoch } = self;
+        let mut out = [0u8; DOWN_LEN];
+        out[0] = 1;
+        out[1..].copy_from_slice(&epoch.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Down, Malformed> {
+        match bytes {
+            [1, epoch @ ..] if epoch.len() == 8 => Ok(Down::Resume {
+                epoch: u64::from_le_bytes(epoch.try_into().map_err(|_| Malformed)?),
+            }),
+            _ => Err(Malformed),
+        }
+    }
+}
+
+fn put_path(w: &mut Vec<u8>, path: &Path) {
+    let bytes = path.as_os_str().as_bytes();
+    w.extend((bytes.len() as u32).to_le_bytes());
+    w.extend(bytes);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+        if self.0.len() < n {
+            return Err(Malformed);
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u64(&mut self) -> Result<u64, Malformed> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| Malformed)?))
+    }
+    fn i32(&mut self) -> Result<i32, Malformed> {
+        Ok(i32::from_le_bytes(self.take(4)?.try_into().map_err(|_| Malformed)?))
+    }
+    fn path(&mut self) -> Result<PathBuf, Malformed> {
+        let len = u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| Malformed)?);
+        Ok(PathBuf::from(OsStr::from_bytes(self.take(len as usize)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_up_message_round_trips() {
+        let messages = [
+            Up::Checkpoint {
+                epoch: 3,
+                pid: 1234,
+                elapsed_ns: 1_000_000_007,
+                file: "/tmp/a b/foo.lua".into(),
+            },
+            Up::Access {
+                epoch: u64::MAX,
+                checkpoint: 99,
+                elapsed_ns: 0,
+                fingerprint: Fingerprint::Content(0xdead_beef_u128 << 64 | 7),
+                file: PathBuf::from(OsStr::from_bytes(b"/x/\xff\xfe.py")),
+            },
+            Up::Access {
+                epoch: 0,
+                checkpoint: 1,
+                elapsed_ns: 5,
+                fingerprint: Fingerprint::Missing,
+                file: "/gone".into(),
+            },
+            Up::RunStarted {
+                epoch: 1,
+                pid: 2,
+                checkpoint: 3,
+            },
+            Up::RunEnded {
+                epoch: 1,
+                pid: 2,
+                status: 0x0900,
+            },
+            Up::CheckpointFailed {
+                epoch: 2,
+                pid: 5,
+                errno: libc::EAGAIN,
+            },
+        ];
+        for m in messages {
+            assert_eq!(Up::decode(&m.encode()), Ok(m));
+        }
+    }
+
+    #[test]
+    fn truncated_or_unknown_messages_are_rejected() {
+        let full = Up::RunEnded {
+            epoch: 1,
+            pid: 2,
+            status: 3,
+        }
+        .encode();
+        for cut in 0..full.len() {
+            assert_eq!(Up::decode(&full[..cut]), Err(Malformed));
+        }
+        assert_eq!(Up::decode(&[42]), Err(Malformed));
+        assert_eq!(Down::decode(&[1, 2, 3]), Err(Malformed));
+    }
+
+    #[test]
+    fn down_round_trips() {
+        let d = Down::Resume { epoch: 77 };
+        assert_eq!(Down::decode(&d.encode()), Ok(d));
+    }
+}

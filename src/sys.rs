@@ -1,0 +1,728 @@
+//! Every system call forkhook makes, and the only module allowed `unsafe`.
+//!
+//! Each wrapper is one call, its `-1`/errno turned into `io::Result` by [`cvt`].
+//! File I/O here goes through raw `syscall(2)` rather than libc's `open`/`stat`:
+//! libforkhook.so exports those very symbols, so calling them from inside the hook
+//! would re-enter it. Process control (`fork`, `waitpid`, `kill`, `prctl`) goes
+//! through libc, which the hook does not interpose.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+pub type Pid = libc::pid_t;
+
+/// Turns the C convention (`-1` and `errno`) into a `Result`.
+fn cvt<T: Copy + PartialEq + From<i8>>(ret: T) -> io::Result<T> {
+    if ret == T::from(-1) {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cstr(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+// ---------------------------------------------------------------- files (raw syscalls)
+
+/// What forkhook needs to know about a file: is it regular, and its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub regular: bool,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+fn file_stat_from(st: &libc::stat) -> FileStat {
+    FileStat {
+        regular: st.st_mode & libc::S_IFMT == libc::S_IFREG,
+        dev: st.st_dev,
+        ino: st.st_ino,
+        size: st.st_size as u64,
+        mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+    }
+}
+
+/// `stat(2)` following symlinks, through the raw syscall.
+pub fn stat(path: &CStr) -> io::Result<FileStat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `path` is NUL-terminated; `st` is a valid out-pointer the kernel fills.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_newfstatat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            st.as_mut_ptr(),
+            0,
+        )
+    })?;
+    // SAFETY: the syscall succeeded, so the kernel wrote the whole struct.
+    Ok(file_stat_from(unsafe { &st.assume_init() }))
+}
+
+pub fn fstat(fd: RawFd) -> io::Result<FileStat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a valid out-pointer; a bad fd is reported as EBADF.
+    cvt(unsafe { libc::syscall(libc::SYS_fstat, fd, st.as_mut_ptr()) })?;
+    // SAFETY: the syscall succeeded, so the kernel wrote the whole struct.
+    Ok(file_stat_from(unsafe { &st.assume_init() }))
+}
+
+/// Opens read-only with `O_CLOEXEC`, through the raw syscall.
+pub fn open_read(path: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `path` is NUL-terminated.
+    let fd = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
+            0,
+        )
+    })?;
+    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
+        let n = unsafe { libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) };
+        match cvt(n) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map(|n| n as usize),
+        }
+    }
+}
+
+/// Reads a small file whole (for /proc files), through raw syscalls.
+pub fn read_small_file(path: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
+    let fd = open_read(path)?;
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = read(fd.as_raw_fd(), &mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The current working directory, written into `buf` (no allocation when it fits).
+pub fn getcwd(buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes; the kernel NUL-terminates.
+    let n = cvt(unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) })?;
+    Ok((n as usize).saturating_sub(1))
+}
+
+/// The path a descriptor refers to (`/proc/self/fd/N`), used for `openat(dirfd, ..)`.
+pub fn fd_path(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    let link = format!("/proc/self/fd/{fd}\0");
+    // SAFETY: `link` is NUL-terminated; `buf` is valid for `buf.len()` bytes.
+    let n = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_readlinkat,
+            libc::AT_FDCWD,
+            link.as_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    })?;
+    Ok(n as usize)
+}
+
+/// The canonical path: symlinks, `.` and `..` resolved. Uses `O_PATH` and the
+/// kernel's own name for the descriptor, so it costs one open and one readlink.
+pub fn canonical(path: &CStr) -> io::Result<PathBuf> {
+    // SAFETY: `path` is NUL-terminated.
+    let fd = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_PATH | libc::O_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    let n = fd_path(fd.as_raw_fd(), &mut buf)?;
+    buf.truncate(n);
+    Ok(PathBuf::from(OsStr::from_bytes(&buf)))
+}
+
+pub fn lseek(fd: RawFd, offset: i64, whence: libc::c_int) -> io::Result<i64> {
+    // SAFETY: plain syscall on an integer descriptor.
+    cvt(unsafe { libc::lseek(fd, offset, whence) })
+}
+
+/// Access mode and flags of an open descriptor.
+pub fn fd_flags(fd: RawFd) -> io::Result<libc::c_int> {
+    // SAFETY: plain syscall on an integer descriptor.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })
+}
+
+/// Every open descriptor of this process, read from `/proc/self/fd` with `getdents64`.
+pub fn open_fds() -> io::Result<Vec<RawFd>> {
+    let dir = {
+        let path = c"/proc/self/fd";
+        // SAFETY: NUL-terminated literal.
+        let fd = cvt(unsafe {
+            libc::syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                0,
+            )
+        })?;
+        // SAFETY: the kernel just returned this descriptor to us.
+        unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+    };
+    let mut fds = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: `buf` is valid for its length; the kernel writes whole dirent records.
+        let n = cvt(unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        })? as usize;
+        if n == 0 {
+            break;
+        }
+        let mut at = 0;
+        while at < n {
+            // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name...
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if let Some(fd) = std::str::from_utf8(name).ok().and_then(|s| s.parse().ok()) {
+                if fd != dir.as_raw_fd() {
+                    fds.push(fd);
+                }
+            }
+            at += reclen;
+        }
+    }
+    Ok(fds)
+}
+
+// ---------------------------------------------------------------- descriptors
+
+pub fn close(fd: RawFd) {
+    // SAFETY: closing an integer descriptor; callers only close descriptors they own.
+    unsafe { libc::close(fd) };
+}
+
+/// Moves a descriptor to a high number (out of the way of programs that expect
+/// 0, 1, 2, ... to be theirs) with close-on-exec, and closes the original.
+pub fn move_high(fd: OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a fresh one.
+    let high = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 900) })?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(high) })
+}
+
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: the kernel just returned both descriptors to us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A message socket pair: each send is one message, never merged or split.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: the kernel just returned both descriptors to us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sends one message, optionally passing a descriptor along (SCM_RIGHTS).
+/// MSG_NOSIGNAL: a dead peer is an error to handle, not a SIGPIPE.
+pub fn send_message(sock: RawFd, data: &[u8], pass: Option<RawFd>) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // Room for one descriptor, aligned for cmsghdr.
+    let mut control = [0u64; 4];
+    // SAFETY: zeroed msghdr is a valid "no name, no control" header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = pass {
+        // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic; `control` is large enough
+        // (32 bytes >= CMSG_SPACE(4) = 24) and aligned to u64; CMSG_FIRSTHDR is non-null
+        // because msg_controllen covers one header.
+        unsafe {
+            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
+        }
+    }
+    loop {
+        // SAFETY: `msg` points at live buffers for the duration of the call.
+        match cvt(unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(()),
+        }
+    }
+}
+
+/// Receives one message and the descriptor passed with it, if any.
+/// `Ok(None)` means every sender has closed its end.
+pub fn recv_message(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, Option<OwnedFd>)>> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: zeroed msghdr is a valid empty header; we fill the pointers below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    let n = loop {
+        // SAFETY: `msg` points at live buffers for the duration of the call.
+        match cvt(unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other? as usize,
+        }
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut passed = None;
+    // SAFETY: the kernel filled msg_control; CMSG_* walk it within msg_controllen.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if !cmsg.is_null()
+            && (*cmsg).cmsg_level == libc::SOL_SOCKET
+            && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+        {
+            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
+            passed = Some(OwnedFd::from_raw_fd(fd));
+        }
+    }
+    Ok(Some((n, passed)))
+}
+
+pub fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: `data` is valid for reads of its length.
+        let n = unsafe { libc::write(fd, data.as_ptr() as *const libc::c_void, data.len()) };
+        match cvt(n) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(n) => data = &data[n as usize..],
+        }
+    }
+    Ok(())
+}
+
+/// Waits until one of `fds` is readable, or `timeout_ms` passes (-1: forever).
+/// Returns which were readable (or hung up).
+pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `pfds` is a valid array of `len` pollfd structs.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+    match cvt(n) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(vec![false; fds.len()]),
+        Err(e) => Err(e),
+        Ok(_) => Ok(pfds.iter().map(|p| p.revents != 0).collect()),
+    }
+}
+
+// ---------------------------------------------------------------- processes
+
+pub enum Fork {
+    Child,
+    Parent(Pid),
+}
+
+/// `fork(2)`.
+///
+/// After `Fork::Child` the child has one thread: the one that called fork. It may
+/// use what this crate uses (malloc is fork-safe in glibc, our own lock is never
+/// held across a fork) but must not wait on anything another thread owned.
+pub fn fork() -> io::Result<Fork> {
+    // SAFETY: fork has no memory-safety preconditions; the caller handles both sides.
+    match cvt(unsafe { libc::fork() })? {
+        0 => Ok(Fork::Child),
+        pid => Ok(Fork::Parent(pid)),
+    }
+}
+
+pub fn getpid() -> Pid {
+    // SAFETY: always succeeds.
+    unsafe { libc::getpid() }
+}
+
+pub fn getuid() -> libc::uid_t {
+    // SAFETY: always succeeds.
+    unsafe { libc::getuid() }
+}
+
+pub fn getppid() -> Pid {
+    // SAFETY: always succeeds.
+    unsafe { libc::getppid() }
+}
+
+/// Ends this process now, without atexit handlers or stdio flushes: a checkpoint
+/// or the coordinator must never flush the program's buffered output a second time.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Flushes every C stdio output stream, so a fork does not duplicate buffered output.
+pub fn flush_stdio() {
+    // SAFETY: fflush(NULL) flushes all streams; it takes glibc's own locks.
+    unsafe { libc::fflush(std::ptr::null_mut()) };
+}
+
+pub fn kill(pid: Pid, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// How a waited-for child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    pub fn from_wait_status(status: i32) -> Exit {
+        if libc::WIFSIGNALED(status) {
+            Exit::Signal(libc::WTERMSIG(status))
+        } else {
+            Exit::Code(libc::WEXITSTATUS(status))
+        }
+    }
+}
+
+/// Reaps one ended child. `Ok(None)`: with `block == false`, none has ended yet.
+/// `Err` with ECHILD: there are no children left.
+pub fn wait_any(block: bool) -> io::Result<Option<(Pid, i32)>> {
+    let mut status = 0;
+    let flags = if block { 0 } else { libc::WNOHANG };
+    loop {
+        // SAFETY: `status` is a valid out-pointer.
+        match cvt(unsafe { libc::waitpid(-1, &mut status, flags) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(0) => return Ok(None),
+            Ok(pid) => return Ok(Some((pid, status))),
+        }
+    }
+}
+
+/// Asks the kernel to send `sig` to this process when its parent dies.
+pub fn set_parent_death_signal(sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number.
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
+/// Orphaned descendants reparent to this process instead of init, so a
+/// checkpoint can always find (and end) whatever its run started.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes a boolean.
+    cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }).map(drop)
+}
+
+/// Direct children of `pid`, from `/proc/PID/task/*/children` (every thread's).
+pub fn children_of(pid: Pid) -> Vec<Pid> {
+    let mut out = Vec::new();
+    let mut buf = Vec::with_capacity(256);
+    let task_dir = format!("/proc/{pid}/task");
+    let Ok(tasks) = std::fs::read_dir(&task_dir) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let mut path = task.path().into_os_string();
+        path.push("/children");
+        let Ok(path) = CString::new(path.as_bytes()) else {
+            continue;
+        };
+        if read_small_file(&path, &mut buf).is_ok() {
+            out.extend(
+                buf.split(|b| b.is_ascii_whitespace())
+                    .filter_map(|w| std::str::from_utf8(w).ok()?.parse::<Pid>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// All live descendants of `pid`, parents before children.
+pub fn descendants_of(pid: Pid) -> Vec<Pid> {
+    let mut out = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        for child in children_of(p) {
+            if !out.contains(&child) {
+                out.push(child);
+                queue.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// Number of threads of this process (from /proc/self/stat, field 20).
+pub fn thread_count() -> usize {
+    let mut buf = Vec::with_capacity(512);
+    if read_small_file(c"/proc/self/stat", &mut buf).is_err() {
+        return 1;
+    }
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let Some(close) = buf.iter().rposition(|&b| b == b')') else {
+        return 1;
+    };
+    buf[close + 1..]
+        .split(|b| *b == b' ')
+        .filter(|w| !w.is_empty())
+        .nth(17)
+        .and_then(|w| std::str::from_utf8(w).ok()?.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Resident and proportional memory of a process, in bytes, from smaps_rollup.
+pub fn memory_of(pid: Pid) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some((field("Rss:")?, field("Pss:")?))
+}
+
+// ---------------------------------------------------------------- signals
+
+/// A set of signals, for blocking them and reading them from a signalfd.
+#[derive(Clone, Copy)]
+pub struct SignalSet(libc::sigset_t);
+
+impl SignalSet {
+    pub fn of(signals: &[libc::c_int]) -> SignalSet {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset initialises the set; sigaddset with valid signal numbers.
+        unsafe {
+            libc::sigemptyset(set.as_mut_ptr());
+            for &s in signals {
+                libc::sigaddset(set.as_mut_ptr(), s);
+            }
+            SignalSet(set.assume_init())
+        }
+    }
+
+    /// Every signal but these. Blocking it leaves job control (`SIGTSTP`, `SIGCONT`)
+    /// and faults (`SIGSEGV`, ...) working while everything else waits in a signalfd.
+    pub fn all_except(signals: &[libc::c_int]) -> SignalSet {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigfillset initialises the set; sigdelset with valid signal numbers.
+        unsafe {
+            libc::sigfillset(set.as_mut_ptr());
+            for &s in signals {
+                libc::sigdelset(set.as_mut_ptr(), s);
+            }
+            SignalSet(set.assume_init())
+        }
+    }
+
+    /// Blocks these signals; returns the mask that was in force before.
+    pub fn block(&self) -> SignalSet {
+        let mut old = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: both pointers are valid sigset_t.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_BLOCK, &self.0, old.as_mut_ptr());
+            SignalSet(old.assume_init())
+        }
+    }
+
+    /// Makes this set the whole signal mask (to restore a saved one).
+    pub fn set_mask(&self) {
+        // SAFETY: valid sigset_t.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+
+    /// A descriptor that becomes readable when one of these (blocked) signals is pending.
+    pub fn signalfd(&self) -> io::Result<OwnedFd> {
+        // SAFETY: -1 asks for a new descriptor; the set is valid.
+        let fd = cvt(unsafe { libc::signalfd(-1, &self.0, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+        // SAFETY: the kernel just returned this descriptor to us.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// Takes every pending signal off a signalfd; returns their numbers.
+pub fn read_signals(fd: RawFd) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut info = MaybeUninit::<libc::signalfd_siginfo>::uninit();
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    loop {
+        // SAFETY: `info` is valid for `size` bytes of writes.
+        let n = unsafe { libc::read(fd, info.as_mut_ptr() as *mut libc::c_void, size) };
+        if n as usize != size {
+            return out;
+        }
+        // SAFETY: the kernel wrote a whole record.
+        out.push(unsafe { info.assume_init_ref() }.ssi_signo as i32);
+    }
+}
+
+/// Sets a signal back to its default action (used before re-raising it).
+pub fn default_signal_action(sig: libc::c_int) {
+    // SAFETY: SIG_DFL is always a valid disposition.
+    unsafe { libc::signal(sig, libc::SIG_DFL) };
+}
+
+// ---------------------------------------------------------------- inotify
+
+pub fn inotify_init() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall.
+    let fd = cvt(unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) })?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn inotify_add_watch(fd: RawFd, path: &Path, mask: u32) -> io::Result<i32> {
+    let path = cstr(path)?;
+    // SAFETY: `path` is NUL-terminated.
+    cvt(unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) })
+}
+
+/// One inotify event: watch descriptor, mask, and the name within the directory.
+pub struct InotifyEvent {
+    pub wd: i32,
+    pub mask: u32,
+    pub name: Vec<u8>,
+}
+
+/// Reads every queued inotify event (the descriptor is non-blocking).
+pub fn inotify_read(fd: RawFd, out: &mut Vec<InotifyEvent>) -> io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        // SAFETY: `buf` is valid for its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        let n = match cvt(n) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(n) => n as usize,
+        };
+        let mut at = 0;
+        let header = std::mem::size_of::<libc::inotify_event>();
+        while at + header <= n {
+            // SAFETY: the kernel writes whole events; `at` stays on an event boundary.
+            let ev = unsafe { std::ptr::read_unaligned(buf.as_ptr().add(at) as *const libc::inotify_event) };
+            let name = &buf[at + header..at + header + ev.len as usize];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            out.push(InotifyEvent {
+                wd: ev.wd,
+                mask: ev.mask,
+                name: name.to_vec(),
+            });
+            at += header + ev.len as usize;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- terminal
+
+/// Saved terminal settings of a descriptor, to restore after a run that left
+/// the terminal in raw or no-echo mode.
+#[derive(Clone, Copy)]
+pub struct Termios(libc::termios);
+
+pub fn tcgetattr(fd: RawFd) -> Option<Termios> {
+    let mut t = MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: `t` is a valid out-pointer; fails with ENOTTY on a non-terminal.
+    if unsafe { libc::tcgetattr(fd, t.as_mut_ptr()) } == 0 {
+        // SAFETY: tcgetattr succeeded and filled the struct.
+        Some(Termios(unsafe { t.assume_init() }))
+    } else {
+        None
+    }
+}
+
+pub fn tcsetattr(fd: RawFd, t: &Termios) {
+    // SAFETY: `t` holds settings read by tcgetattr.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t.0) };
+}
+
+pub fn isatty(fd: RawFd) -> bool {
+    // SAFETY: plain call on an integer descriptor.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+// ---------------------------------------------------------------- environment
+
+/// Sets or removes an environment variable of this process. Only called from the
+/// load-time constructor and at session start, when the program is not reading it.
+pub fn set_env(name: &CStr, value: Option<&[u8]>) {
+    match value.map(CString::new) {
+        // SAFETY: both strings are NUL-terminated.
+        Some(Ok(v)) => unsafe {
+            libc::setenv(name.as_ptr(), v.as_ptr(), 1);
+        },
+        // SAFETY: NUL-terminated name.
+        _ => unsafe {
+            libc::unsetenv(name.as_ptr());
+        },
+    }
+}
+
+/// The file this code was loaded from (the .so, or the executable).
+pub fn own_object_path() -> Option<PathBuf> {
+    let mut info = MaybeUninit::<libc::Dl_info>::uninit();
+    let addr = own_object_path as *const libc::c_void;
+    // SAFETY: dladdr fills `info` for an address inside a loaded object.
+    if unsafe { libc::dladdr(addr, info.as_mut_ptr()) } == 0 {
+        return None;
+    }
+    // SAFETY: dladdr succeeded; dli_fname is a NUL-terminated string owned by the loader.
+    let name = unsafe { CStr::from_ptr(info.assume_init().dli_fname) };
+    Some(PathBuf::from(OsStr::from_bytes(name.to_bytes())))
+}

@@ -1,0 +1,274 @@
+//! The coordinator's picture of the session, and the decision it makes from it.
+//!
+//! Pure data: which checkpoints are alive, in order, and for every watched file the
+//! checkpoint a change to it resumes from and the content the run read. No I/O here,
+//! so every rule is unit-tested.
+//!
+//! The rule (DESIGN.md invariant 1): a file resumes from a checkpoint taken *before*
+//! the program's first access to it. When several files changed, the earliest such
+//! checkpoint wins, and a file whose content did not change resumes nothing.
+
+use crate::fingerprint::Fingerprint;
+use crate::protocol::Pid;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub pid: Pid,
+    /// The file whose first access this checkpoint precedes.
+    pub file: PathBuf,
+    /// Time into the run (from a fresh start) when it was taken: what a resume skips.
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracked {
+    /// Resume point: a checkpoint taken before the first access.
+    pub checkpoint: Pid,
+    /// Content the current run read (or will read next time it gets there).
+    pub baseline: Fingerprint,
+}
+
+/// What to do about a set of changed files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resume {
+    /// Position of the checkpoint to resume from (0 = oldest).
+    pub index: usize,
+    pub checkpoint: Checkpoint,
+    /// The files whose content really changed, earliest resume point first.
+    pub changed: Vec<PathBuf>,
+}
+
+#[derive(Debug, Default)]
+pub struct Timeline {
+    checkpoints: Vec<Checkpoint>,
+    files: BTreeMap<PathBuf, Tracked>,
+}
+
+impl Timeline {
+    pub fn checkpoints(&self) -> &[Checkpoint] {
+        &self.checkpoints
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_tracked(&self, path: &Path) -> bool {
+        self.files.contains_key(path)
+    }
+
+    pub fn files_in<'a>(&'a self, dir: &'a Path) -> impl Iterator<Item = &'a PathBuf> + 'a {
+        self.files.keys().filter(move |f| f.parent() == Some(dir))
+    }
+
+    pub fn position(&self, pid: Pid) -> Option<usize> {
+        self.checkpoints.iter().position(|c| c.pid == pid)
+    }
+
+    /// A new checkpoint, newer than every other alive one.
+    pub fn checkpoint_taken(&mut self, checkpoint: Checkpoint) {
+        self.checkpoints.push(checkpoint);
+    }
+
+    /// The run touched `file` for the first time, with `checkpoint` as its resume point.
+    /// Returns false (and records nothing) if that checkpoint is unknown: its message
+    /// was dropped as stale, so this access belongs to a run that is gone.
+    pub fn accessed(&mut self, file: PathBuf, checkpoint: Pid, baseline: Fingerprint) -> bool {
+        if self.position(checkpoint).is_none() {
+            return false;
+        }
+        self.files.insert(
+            file,
+            Tracked {
+                checkpoint,
+                baseline,
+            },
+        );
+        true
+    }
+
+    /// Of `candidates` (files with change events), those whose content now differs from
+    /// what the run read, as told by `now`; then the checkpoint to resume from.
+    pub fn decide(
+        &self,
+        candidates: impl IntoIterator<Item = PathBuf>,
+        mut now: impl FnMut(&Path) -> Fingerprint,
+    ) -> Option<Resume> {
+        let mut changed: Vec<(usize, PathBuf)> = candidates
+            .into_iter()
+            .filter_map(|path| {
+                let tracked = self.files.get(&path)?;
+                let index = self.position(tracked.checkpoint)?;
+                (now(&path) != tracked.baseline).then_some((index, path))
+            })
+            .collect();
+        changed.sort();
+        let index = changed.first()?.0;
+        Some(Resume {
+            index,
+            checkpoint: self.checkpoints[index].clone(),
+            changed: changed.into_iter().map(|(_, p)| p).collect(),
+        })
+    }
+
+    /// The run resumed from checkpoint `index`: every later checkpoint is gone. Their
+    /// files now resume from `index` (still before their first access), and changed
+    /// files get the content seen now as baseline until the new run reads them again.
+    /// Returns the pids of the checkpoints that are gone.
+    pub fn resumed(&mut self, index: usize, now: &[(PathBuf, Fingerprint)]) -> Vec<Pid> {
+        let gone: Vec<Pid> = self.checkpoints.drain(index + 1..).map(|c| c.pid).collect();
+        let keep = self.checkpoints[index].pid;
+        for tracked in self.files.values_mut() {
+            if gone.contains(&tracked.checkpoint) {
+                tracked.checkpoint = keep;
+            }
+        }
+        for (path, fingerprint) in now {
+            if let Some(tracked) = self.files.get_mut(path) {
+                tracked.baseline = *fingerprint;
+            }
+        }
+        gone
+    }
+
+    /// A checkpoint vanished (its fork failed, or it died). Its files resume from the
+    /// one before it, which also precedes their first access; with none before it,
+    /// they are no longer watched. Returns how many files were dropped.
+    pub fn checkpoint_lost(&mut self, pid: Pid) -> usize {
+        let Some(index) = self.position(pid) else {
+            return 0;
+        };
+        self.checkpoints.remove(index);
+        let before = index.checked_sub(1).map(|i| self.checkpoints[i].pid);
+        let count = self.files.len();
+        self.files.retain(|_, tracked| {
+            if tracked.checkpoint != pid {
+                return true;
+            }
+            match before {
+                Some(prev) => {
+                    tracked.checkpoint = prev;
+                    true
+                }
+                None => false,
+            }
+        });
+        count - self.files.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn fp(n: u128) -> Fingerprint {
+        Fingerprint::Content(n)
+    }
+
+    /// Checkpoints 10, 20, 30 before a.lua, b.lua, c.lua; d.lua shares 30 (its own
+    /// checkpoint was skipped by the budget).
+    fn timeline() -> Timeline {
+        let mut t = Timeline::default();
+        for (pid, name, ms) in [(10, "a", 0), (20, "b", 500), (30, "c", 900)] {
+            t.checkpoint_taken(Checkpoint {
+                pid,
+                file: format!("/p/{name}.lua").into(),
+                elapsed: Duration::from_millis(ms),
+            });
+            assert!(t.accessed(format!("/p/{name}.lua").into(), pid, fp(pid as u128)));
+        }
+        assert!(t.accessed("/p/d.lua".into(), 30, fp(40)));
+        t
+    }
+
+    fn contents(pairs: &[(&str, Fingerprint)]) -> impl FnMut(&Path) -> Fingerprint {
+        let map: HashMap<PathBuf, Fingerprint> =
+            pairs.iter().map(|(p, f)| (PathBuf::from(p), *f)).collect();
+        move |p| map.get(p).copied().unwrap_or(Fingerprint::Missing)
+    }
+
+    #[test]
+    fn a_change_resumes_from_the_checkpoint_before_the_file() {
+        let t = timeline();
+        let r = t
+            .decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(99))]))
+            .unwrap();
+        assert_eq!((r.index, r.checkpoint.pid), (1, 20));
+        assert_eq!(r.changed, vec![PathBuf::from("/p/b.lua")]);
+    }
+
+    #[test]
+    fn same_content_resumes_nothing() {
+        let t = timeline();
+        assert_eq!(t.decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(20))])), None);
+    }
+
+    #[test]
+    fn untracked_files_resume_nothing() {
+        let t = timeline();
+        assert_eq!(t.decide(["/p/zzz.lua".into()], contents(&[])), None);
+    }
+
+    #[test]
+    fn several_changes_resume_once_from_the_earliest() {
+        let t = timeline();
+        let r = t
+            .decide(
+                ["/p/c.lua".into(), "/p/b.lua".into(), "/p/a.lua".into()],
+                contents(&[("/p/c.lua", fp(1)), ("/p/b.lua", fp(2)), ("/p/a.lua", fp(10))]),
+            )
+            .unwrap();
+        // a.lua is unchanged: b.lua's checkpoint is the earliest among real changes.
+        assert_eq!(r.index, 1);
+        assert_eq!(r.changed, vec![PathBuf::from("/p/b.lua"), PathBuf::from("/p/c.lua")]);
+    }
+
+    #[test]
+    fn a_file_without_its_own_checkpoint_resumes_from_the_one_before() {
+        let t = timeline();
+        let r = t.decide(["/p/d.lua".into()], contents(&[("/p/d.lua", fp(1))])).unwrap();
+        assert_eq!(r.checkpoint.pid, 30);
+    }
+
+    #[test]
+    fn deletion_is_a_change_and_a_return_is_another() {
+        let mut t = timeline();
+        let r = t.decide(["/p/b.lua".into()], contents(&[])).unwrap();
+        t.resumed(r.index, &[("/p/b.lua".into(), Fingerprint::Missing)]);
+        // Still missing: nothing to do.
+        assert_eq!(t.decide(["/p/b.lua".into()], contents(&[])), None);
+        // Back again: resume from the same checkpoint.
+        let r = t.decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(5))])).unwrap();
+        assert_eq!(r.checkpoint.pid, 20);
+    }
+
+    #[test]
+    fn resuming_drops_later_checkpoints_and_remaps_their_files() {
+        let mut t = timeline();
+        let gone = t.resumed(0, &[("/p/a.lua".into(), fp(11))]);
+        assert_eq!(gone, vec![20, 30]);
+        assert_eq!(t.checkpoints().len(), 1);
+        // c.lua was first read after checkpoint 10 too: a change still resumes from it.
+        let r = t.decide(["/p/c.lua".into()], contents(&[("/p/c.lua", fp(0))])).unwrap();
+        assert_eq!(r.checkpoint.pid, 10);
+        // Messages from the discarded branch name checkpoints that are gone.
+        assert!(!t.accessed("/p/e.lua".into(), 30, fp(1)));
+        // The baseline of the changed file moved to what is on disk now.
+        assert_eq!(t.decide(["/p/a.lua".into()], contents(&[("/p/a.lua", fp(11))])), None);
+    }
+
+    #[test]
+    fn a_lost_checkpoint_hands_its_files_to_the_one_before() {
+        let mut t = timeline();
+        assert_eq!(t.checkpoint_lost(20), 0);
+        let r = t.decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(0))])).unwrap();
+        assert_eq!(r.checkpoint.pid, 10);
+        assert_eq!(t.checkpoint_lost(10), 2, "a.lua and b.lua have no resume point left");
+        assert!(!t.is_tracked(Path::new("/p/a.lua")));
+        assert!(t.is_tracked(Path::new("/p/c.lua")));
+    }
+}
