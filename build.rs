@@ -18,7 +18,10 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     for watched in ["hook", "src", "Cargo.toml", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", manifest_dir.join(watched).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            manifest_dir.join(watched).display()
+        );
     }
 
     let target_dir = out_dir.join("hook-target");
@@ -36,11 +39,16 @@ fn main() {
         .env_remove("CLIPPY_ARGS")
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET");
-    let status = command.status().expect("cannot run cargo to build the hook library");
+    let status = command
+        .status()
+        .expect("cannot run cargo to build the hook library");
     assert!(status.success(), "building hook/ (libforkhook.so) failed");
 
     let built = target_dir.join("release/libforkhook.so");
     let embedded = out_dir.join("libforkhook.so");
     std::fs::copy(&built, &embedded).expect("copy libforkhook.so");
-    println!("cargo:rustc-env=FORKHOOK_EMBEDDED_LIBRARY={}", embedded.display());
+    println!(
+        "cargo:rustc-env=FORKHOOK_EMBEDDED_LIBRARY={}",
+        embedded.display()
+    );
 }

@@ -89,7 +89,9 @@ pub(crate) fn at_first_access(file: &Path) {
         None => match start_session() {
             Ok(s) => s,
             Err(e) => {
-                report.error(&format!("cannot start a session ({e}); the program runs unwatched"));
+                report.error(&format!(
+                    "cannot start a session ({e}); the program runs unwatched"
+                ));
                 return;
             }
         },
@@ -178,7 +180,9 @@ fn threads_allow(settings: &crate::config::Settings) -> bool {
         return true;
     }
     let skip = settings.threads == ThreadPolicy::Skip;
-    let first = process().as_mut().is_some_and(|p| !std::mem::replace(&mut p.warned_threads, true));
+    let first = process()
+        .as_mut()
+        .is_some_and(|p| !std::mem::replace(&mut p.warned_threads, true));
     if first {
         hook::reporter().warn(&format!(
             "the program runs {threads} threads at a checkpoint: a resumed run has only the \
@@ -305,7 +309,9 @@ impl Parked {
                 sys::read_signals(sigchld.as_raw_fd());
                 while let Ok(Some((pid, status))) = sys::wait_any(false) {
                     if pid == run {
-                        let _ = self.session.send(&Up::RunEnded { epoch, pid, status }, None);
+                        let _ = self
+                            .session
+                            .send(&Up::RunEnded { epoch, pid, status }, None);
                         run = 0;
                     }
                 }
@@ -342,7 +348,12 @@ impl Parked {
     /// Forks a run. In the child: the program's signal mask back, our descriptors
     /// closed, the file offsets of the checkpoint restored, and a parent-death signal
     /// so the run never outlives its checkpoint.
-    fn fork_run(&self, epoch: u64, program_mask: &SignalSet, sigchld: &OwnedFd) -> io::Result<Fork> {
+    fn fork_run(
+        &self,
+        epoch: u64,
+        program_mask: &SignalSet,
+        sigchld: &OwnedFd,
+    ) -> io::Result<Fork> {
         let me = sys::getpid();
         let fork = sys::fork()?;
         match fork {

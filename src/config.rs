@@ -96,7 +96,8 @@ impl Settings {
         .ok_or(ConfigError::NoFilter)?;
 
         let quiet = forkmon_flag("FORKMON_QUIET") || flag("FORKHOOK_QUIET");
-        let no_color = forkmon_flag("FORKMON_NO_COLORS") || text("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let no_color =
+            forkmon_flag("FORKMON_NO_COLORS") || text("NO_COLOR").is_some_and(|v| !v.is_empty());
         let color = match text("FORKHOOK_COLOR").as_deref() {
             Some("always") => true,
             Some("never") => false,
@@ -106,13 +107,15 @@ impl Settings {
         let millis = |name: &'static str, default: u64| -> Result<Duration, ConfigError> {
             match text(name) {
                 None => Ok(Duration::from_millis(default)),
-                Some(v) => v.trim().parse::<u64>().map(Duration::from_millis).map_err(|_| {
-                    ConfigError::Invalid {
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| ConfigError::Invalid {
                         variable: name,
                         value: v,
                         expected: "a whole number of milliseconds",
-                    }
-                }),
+                    }),
             }
         };
         let settle = match text("FORKHOOK_SETTLE_MS") {
@@ -186,17 +189,25 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, OsString> =
-            vars.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
+        let map: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
         Settings::from_env(|k| map.get(k).cloned(), true)
     }
 
     #[test]
     fn a_filter_is_required() {
         assert!(matches!(settings(&[]), Err(ConfigError::NoFilter)));
-        assert!(matches!(settings(&[("FORKMON_FILTER", ";")]), Err(ConfigError::NoFilter)));
+        assert!(matches!(
+            settings(&[("FORKMON_FILTER", ";")]),
+            Err(ConfigError::NoFilter)
+        ));
         let msg = settings(&[]).unwrap_err().to_string();
-        assert!(msg.contains("FORKMON_FILTER") && msg.contains("forkhook -e"), "{msg}");
+        assert!(
+            msg.contains("FORKMON_FILTER") && msg.contains("forkhook -e"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -217,18 +228,35 @@ mod tests {
     #[test]
     fn colours_follow_the_terminal_and_the_conventions() {
         assert!(settings(&[("FORKHOOK_FILTER", "x")]).unwrap().color);
-        assert!(!settings(&[("FORKHOOK_FILTER", "x"), ("NO_COLOR", "1")]).unwrap().color);
-        assert!(!settings(&[("FORKHOOK_FILTER", "x"), ("FORKMON_NO_COLORS", "")]).unwrap().color);
-        assert!(settings(&[("FORKHOOK_FILTER", "x"), ("NO_COLOR", "")]).unwrap().color);
+        assert!(
+            !settings(&[("FORKHOOK_FILTER", "x"), ("NO_COLOR", "1")])
+                .unwrap()
+                .color
+        );
+        assert!(
+            !settings(&[("FORKHOOK_FILTER", "x"), ("FORKMON_NO_COLORS", "")])
+                .unwrap()
+                .color
+        );
+        assert!(
+            settings(&[("FORKHOOK_FILTER", "x"), ("NO_COLOR", "")])
+                .unwrap()
+                .color
+        );
     }
 
     #[test]
     fn bad_numbers_name_the_variable() {
-        let err = settings(&[("FORKHOOK_FILTER", "x"), ("FORKMON_RESTART_DELAY", "soon")]).unwrap_err();
-        assert!(err.to_string().contains("FORKMON_RESTART_DELAY='soon'"), "{err}");
+        let err =
+            settings(&[("FORKHOOK_FILTER", "x"), ("FORKMON_RESTART_DELAY", "soon")]).unwrap_err();
+        assert!(
+            err.to_string().contains("FORKMON_RESTART_DELAY='soon'"),
+            "{err}"
+        );
         let err = settings(&[("FORKHOOK_FILTER", "x"), ("FORKHOOK_THREADS", "maybe")]).unwrap_err();
         assert!(err.to_string().contains("'checkpoint' or 'skip'"), "{err}");
-        let err = settings(&[("FORKHOOK_FILTER", "x"), ("FORKHOOK_CHECKPOINT_SHARE", "2")]).unwrap_err();
+        let err =
+            settings(&[("FORKHOOK_FILTER", "x"), ("FORKHOOK_CHECKPOINT_SHARE", "2")]).unwrap_err();
         assert!(err.to_string().contains("between 0 and 1"), "{err}");
     }
 
@@ -238,7 +266,12 @@ mod tests {
         assert!(s.verbose && !s.quiet);
         let s = settings(&[("FORKHOOK_FILTER", "x"), ("FORKHOOK_VERBOSE", "0")]).unwrap();
         assert!(!s.verbose);
-        let s = settings(&[("FORKHOOK_FILTER", "x"), ("FORKHOOK_VERBOSE", "1"), ("FORKHOOK_QUIET", "1")]).unwrap();
+        let s = settings(&[
+            ("FORKHOOK_FILTER", "x"),
+            ("FORKHOOK_VERBOSE", "1"),
+            ("FORKHOOK_QUIET", "1"),
+        ])
+        .unwrap();
         assert!(s.quiet && !s.verbose);
     }
 }

@@ -35,8 +35,11 @@ const WATCH_MASK: u32 = libc::IN_CLOSE_WRITE
     | libc::IN_MOVE_SELF
     | libc::IN_ONLYDIR
     | libc::IN_EXCL_UNLINK;
-const SETTLE_EVENTS: u32 =
-    libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE | libc::IN_CREATE;
+const SETTLE_EVENTS: u32 = libc::IN_CLOSE_WRITE
+    | libc::IN_MOVED_TO
+    | libc::IN_MOVED_FROM
+    | libc::IN_DELETE
+    | libc::IN_CREATE;
 const DIR_GONE: u32 = libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED;
 
 /// How long a file may stay "being written" (IN_MODIFY without IN_CLOSE_WRITE) before
@@ -110,7 +113,9 @@ pub(crate) fn run(sock: OwnedFd, first: Pid, terminal: Option<Termios>) -> ! {
             } else {
                 ""
             };
-            report.error(&format!("cannot watch files ({e}){hint}; changes will not be seen"));
+            report.error(&format!(
+                "cannot watch files ({e}){hint}; changes will not be seen"
+            ));
             None
         }
     };
@@ -169,7 +174,9 @@ impl Coordinator {
                 match sys::recv_message(self.sock.as_raw_fd(), &mut message) {
                     Ok(Some((len, fd))) => match Up::decode(&message[..len]) {
                         Ok(up) => self.on_message(up, fd),
-                        Err(_) => self.report.error("malformed message from a session process"),
+                        Err(_) => self
+                            .report
+                            .error("malformed message from a session process"),
                     },
                     Ok(None) => self.all_gone(),
                     Err(_) => {}
@@ -219,7 +226,10 @@ impl Coordinator {
                 ..
             } if epoch == self.epoch => {
                 let known = self.timeline.is_tracked(&file);
-                if !self.timeline.accessed(file.clone(), checkpoint, fingerprint) {
+                if !self
+                    .timeline
+                    .accessed(file.clone(), checkpoint, fingerprint)
+                {
                     return;
                 }
                 let Some(dir) = file.parent() else { return };
@@ -231,7 +241,8 @@ impl Coordinator {
                     }
                 }
                 if !known {
-                    self.report.detail(&format!("watching {}", self.show(&file)));
+                    self.report
+                        .detail(&format!("watching {}", self.show(&file)));
                 }
             }
             Up::RunStarted { epoch, pid, .. } if epoch == self.epoch => match &mut self.run {
@@ -440,7 +451,10 @@ impl Coordinator {
         let names: Vec<String> = candidates.iter().map(|p| self.show(p)).collect();
         match self.timeline.decide(candidates, Fingerprint::of_path) {
             Some(resume) => self.resume(resume),
-            None => self.report.detail(&format!("{}: content unchanged, nothing to do", names.join(", "))),
+            None => self.report.detail(&format!(
+                "{}: content unchanged, nothing to do",
+                names.join(", ")
+            )),
         }
     }
 
@@ -512,7 +526,8 @@ impl Coordinator {
 
     /// Every process that could send us a message is gone: nothing can run again.
     fn all_gone(&mut self) -> ! {
-        self.report.error("every checkpoint of the session is gone; stopping");
+        self.report
+            .error("every checkpoint of the session is gone; stopping");
         end_descendants(sys::getpid());
         self.restore_terminal();
         sys::exit_now(1)
@@ -534,7 +549,8 @@ impl Coordinator {
         }
         end_descendants(sys::getpid());
         self.restore_terminal();
-        self.report.detail(&format!("stopped by {}", signal_name(sig)));
+        self.report
+            .detail(&format!("stopped by {}", signal_name(sig)));
         sys::exit_now(128 + sig)
     }
 

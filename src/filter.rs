@@ -516,11 +516,9 @@ mod tests {
     #[test]
     fn sources_and_union() {
         assert!(Filter::from_sources(None, None).unwrap().is_none());
-        assert!(
-            Filter::from_sources(Some(";;"), Some(""))
-                .unwrap()
-                .is_none()
-        );
+        assert!(Filter::from_sources(Some(";;"), Some(""))
+            .unwrap()
+            .is_none());
         assert_eq!(lua("a;;b;").describe(), "a;b");
         check("a;;b;", &[b"/a", b"/b"], &[b"/c"]);
         check("%.lua$;%.h$", &[b"/x.lua", b"/x.h"], &[b"/x.c"]);

@@ -97,7 +97,10 @@ mod tests {
         assert_eq!(Fingerprint::of_path(&a), Fingerprint::of_path(&b));
         std::fs::write(&b, "print 'y'").unwrap();
         assert_ne!(Fingerprint::of_path(&a), Fingerprint::of_path(&b));
-        assert_eq!(Fingerprint::of_path(&dir.join("none")), Fingerprint::Missing);
+        assert_eq!(
+            Fingerprint::of_path(&dir.join("none")),
+            Fingerprint::Missing
+        );
         assert_eq!(Fingerprint::of_path(&dir), Fingerprint::Missing);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -172,8 +172,8 @@ fn first_access(abs: &[u8]) {
         Ok(stat) if stat.regular => {}
         _ => return,
     }
-    let resolved = sys::canonical(&c_abs)
-        .unwrap_or_else(|_| PathBuf::from(std::ffi::OsStr::from_bytes(abs)));
+    let resolved =
+        sys::canonical(&c_abs).unwrap_or_else(|_| PathBuf::from(std::ffi::OsStr::from_bytes(abs)));
     {
         let mut guard = process();
         let Some(p) = guard.as_mut() else { return };
@@ -255,16 +255,25 @@ mod tests {
     #[test]
     fn only_this_library_leaves_ld_preload() {
         let lib = Path::new("/home/me/.cache/forkhook/libforkhook-1.so");
-        assert_eq!(without_library(b"/home/me/.cache/forkhook/libforkhook-1.so", lib), b"");
         assert_eq!(
-            without_library(b"/usr/lib/libasan.so:/home/me/.cache/forkhook/libforkhook-1.so", lib),
+            without_library(b"/home/me/.cache/forkhook/libforkhook-1.so", lib),
+            b""
+        );
+        assert_eq!(
+            without_library(
+                b"/usr/lib/libasan.so:/home/me/.cache/forkhook/libforkhook-1.so",
+                lib
+            ),
             b"/usr/lib/libasan.so"
         );
         assert_eq!(
             without_library(b"libforkhook-1.so /usr/lib/other.so", lib),
             b"/usr/lib/other.so"
         );
-        assert_eq!(without_library(b"/usr/lib/other.so", lib), b"/usr/lib/other.so");
+        assert_eq!(
+            without_library(b"/usr/lib/other.so", lib),
+            b"/usr/lib/other.so"
+        );
     }
 
     #[test]

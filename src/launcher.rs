@@ -50,7 +50,12 @@ Exit status: the session's (128 + signal when stopped by Ctrl-C, SIGTERM, SIGHUP
 #[command(name = "forkhook", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Watch files with these extensions (comma-separated, repeatable): -e lua, -e py,html
-    #[arg(short = 'e', long = "ext", value_name = "EXT[,EXT]", value_delimiter = ',')]
+    #[arg(
+        short = 'e',
+        long = "ext",
+        value_name = "EXT[,EXT]",
+        value_delimiter = ','
+    )]
     pub ext: Vec<String>,
 
     /// Watch files whose absolute path matches this Rust regex (repeatable)
@@ -78,7 +83,11 @@ pub struct Cli {
     pub print_library: bool,
 
     /// The program to run, and its arguments
-    #[arg(last = true, value_name = "COMMAND", required_unless_present = "print_library")]
+    #[arg(
+        last = true,
+        value_name = "COMMAND",
+        required_unless_present = "print_library"
+    )]
     pub command: Vec<OsString>,
 }
 
@@ -107,7 +116,9 @@ impl std::fmt::Display for LaunchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LaunchError::Usage(msg) => f.write_str(msg),
-            LaunchError::Library(e) => write!(f, "cannot write the hook library to a cache directory: {e}"),
+            LaunchError::Library(e) => {
+                write!(f, "cannot write the hook library to a cache directory: {e}")
+            }
             LaunchError::NotFound(cmd) => write!(f, "{}: command not found", cmd.to_string_lossy()),
             LaunchError::NotExecutable(cmd, e) => {
                 write!(f, "{}: cannot execute: {e}", cmd.to_string_lossy())
@@ -136,13 +147,16 @@ pub fn main(cli: Cli, library: &[u8]) -> Result<(), LaunchError> {
         Some(regex) => {
             // The flags say what to watch: a FORKMON_FILTER left in the environment
             // must not widen it behind the user's back.
-            command.env("FORKHOOK_FILTER", regex).env_remove("FORKMON_FILTER");
+            command
+                .env("FORKHOOK_FILTER", regex)
+                .env_remove("FORKMON_FILTER");
         }
         None if std::env::var_os("FORKMON_FILTER").is_none()
             && std::env::var_os("FORKHOOK_FILTER").is_none() =>
         {
             return Err(LaunchError::Usage(
-                "nothing to watch: give -e EXT (e.g. -e lua) or -f REGEX, or set FORKMON_FILTER".into(),
+                "nothing to watch: give -e EXT (e.g. -e lua) or -f REGEX, or set FORKMON_FILTER"
+                    .into(),
             ));
         }
         None => {}
@@ -186,8 +200,7 @@ pub fn filter_regex(exts: &[String], filters: &[String]) -> Result<Option<String
         parts.push(format!(r"\.(?:{})$", alternatives.join("|")));
     }
     for f in filters {
-        Filter::from_sources(None, Some(f))
-            .map_err(|e| LaunchError::Usage(format!("-f {e}")))?;
+        Filter::from_sources(None, Some(f)).map_err(|e| LaunchError::Usage(format!("-f {e}")))?;
         parts.push(format!("(?:{f})"));
     }
     Ok(match parts.len() {
@@ -216,8 +229,16 @@ pub fn install_library(bytes: &[u8]) -> io::Result<PathBuf> {
 fn install_into(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
     let path = dir.join(name);
     // LD_PRELOAD splits on spaces and colons: such a path cannot be preloaded.
-    if path.as_os_str().as_bytes().iter().any(|&b| b == b' ' || b == b':') {
-        return Err(io::Error::other(format!("{} contains a space or colon", path.display())));
+    if path
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .any(|&b| b == b' ' || b == b':')
+    {
+        return Err(io::Error::other(format!(
+            "{} contains a space or colon",
+            path.display()
+        )));
     }
     if std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
         return Ok(path);
@@ -249,7 +270,9 @@ mod tests {
 
     #[test]
     fn extensions_become_one_anchored_regex() {
-        let r = filter_regex(&["lua".into(), ".py".into()], &[]).unwrap().unwrap();
+        let r = filter_regex(&["lua".into(), ".py".into()], &[])
+            .unwrap()
+            .unwrap();
         assert_eq!(r, r"\.(?:lua|py)$");
         let f = Filter::from_sources(None, Some(&r)).unwrap().unwrap();
         assert!(f.is_match(b"/a/b.lua") && f.is_match(b"/a/b.py"));
@@ -258,7 +281,9 @@ mod tests {
 
     #[test]
     fn filters_and_extensions_combine() {
-        let r = filter_regex(&["h".into()], &["/src/".into(), "x+y".into()]).unwrap().unwrap();
+        let r = filter_regex(&["h".into()], &["/src/".into(), "x+y".into()])
+            .unwrap()
+            .unwrap();
         let f = Filter::from_sources(None, Some(&r)).unwrap().unwrap();
         assert!(f.is_match(b"/a.h") && f.is_match(b"/p/src/a.c") && f.is_match(b"/xxy"));
         assert!(!f.is_match(b"/p/a.c"));

@@ -122,7 +122,10 @@ mod tests {
     fn resolve_uses_the_cwd_and_dirfds() {
         let cwd = std::env::current_dir().unwrap();
         let abs = AbsPath::resolve(libc::AT_FDCWD, b"x/../y.lua").unwrap();
-        assert_eq!(abs.as_bytes(), format!("{}/y.lua", cwd.display()).as_bytes());
+        assert_eq!(
+            abs.as_bytes(),
+            format!("{}/y.lua", cwd.display()).as_bytes()
+        );
         let dir = std::fs::File::open("/usr").unwrap();
         use std::os::fd::AsRawFd;
         let abs = AbsPath::resolve(dir.as_raw_fd(), b"lib/a.so").unwrap();

@@ -38,7 +38,11 @@ pub enum Up {
         file: PathBuf,
     },
     /// A checkpoint forked a run.
-    RunStarted { epoch: u64, pid: Pid, checkpoint: Pid },
+    RunStarted {
+        epoch: u64,
+        pid: Pid,
+        checkpoint: Pid,
+    },
     /// The run ended by itself (raw wait status).
     RunEnded { epoch: u64, pid: Pid, status: i32 },
     /// The checkpoint `pid` announced could not fork its run; it carries on as the
@@ -191,10 +195,14 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
     fn u64(&mut self) -> Result<u64, Malformed> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| Malformed)?))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().map_err(|_| Malformed)?,
+        ))
     }
     fn i32(&mut self) -> Result<i32, Malformed> {
-        Ok(i32::from_le_bytes(self.take(4)?.try_into().map_err(|_| Malformed)?))
+        Ok(i32::from_le_bytes(
+            self.take(4)?.try_into().map_err(|_| Malformed)?,
+        ))
     }
     fn path(&mut self) -> Result<PathBuf, Malformed> {
         let len = u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| Malformed)?);

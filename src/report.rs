@@ -120,8 +120,17 @@ mod tests {
     #[test]
     fn paths_are_shown_relative_to_the_cwd_when_under_it() {
         let cwd = Path::new("/home/me/app");
-        assert_eq!(display_path(Path::new("/home/me/app/src/foo.lua"), Some(cwd)), "src/foo.lua");
-        assert_eq!(display_path(Path::new("/etc/x.lua"), Some(cwd)), "/etc/x.lua");
-        assert_eq!(display_path(Path::new("/home/me/app"), Some(cwd)), "/home/me/app");
+        assert_eq!(
+            display_path(Path::new("/home/me/app/src/foo.lua"), Some(cwd)),
+            "src/foo.lua"
+        );
+        assert_eq!(
+            display_path(Path::new("/etc/x.lua"), Some(cwd)),
+            "/etc/x.lua"
+        );
+        assert_eq!(
+            display_path(Path::new("/home/me/app"), Some(cwd)),
+            "/home/me/app"
+        );
     }
 }

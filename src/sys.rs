@@ -471,35 +471,84 @@ pub fn set_child_subreaper() -> io::Result<()> {
 }
 
 /// Direct children of `pid`, from `/proc/PID/task/*/children` (every thread's).
-pub fn children_of(pid: Pid) -> Vec<Pid> {
+/// `None` when the kernel has no such files (built without CONFIG_PROC_CHILDREN).
+fn children_of(pid: Pid) -> Option<Vec<Pid>> {
     let mut out = Vec::new();
     let mut buf = Vec::with_capacity(256);
-    let task_dir = format!("/proc/{pid}/task");
-    let Ok(tasks) = std::fs::read_dir(&task_dir) else {
-        return out;
-    };
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     for task in tasks.flatten() {
         let mut path = task.path().into_os_string();
-        path.push("/children");
-        let Ok(path) = CString::new(path.as_bytes()) else {
-            continue;
-        };
-        if read_small_file(&path, &mut buf).is_ok() {
-            out.extend(
+        path.push("/children\0");
+        let path = CStr::from_bytes_with_nul(path.as_bytes()).ok()?;
+        match read_small_file(path, &mut buf) {
+            Ok(()) => out.extend(
                 buf.split(|b| b.is_ascii_whitespace())
                     .filter_map(|w| std::str::from_utf8(w).ok()?.parse::<Pid>().ok()),
-            );
+            ),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return None,
+            // The thread ended meanwhile: it has no children to report.
+            Err(_) => {}
         }
     }
-    out
+    Some(out)
+}
+
+/// `(pid, parent)` of every process, from `/proc/*/stat`: the slow way, for kernels
+/// without `/proc/PID/task/TID/children`.
+fn parent_table() -> Vec<(Pid, Pid)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut buf = Vec::with_capacity(512);
+    let mut table = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = std::str::from_utf8(name.as_bytes())
+            .ok()
+            .and_then(|n| n.parse::<Pid>().ok())
+        else {
+            continue;
+        };
+        let Ok(path) = CString::new(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if read_small_file(&path, &mut buf).is_err() {
+            continue;
+        }
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let Some(close) = buf.iter().rposition(|&b| b == b')') else {
+            continue;
+        };
+        let parent = buf[close + 1..]
+            .split(|&b| b == b' ')
+            .filter(|w| !w.is_empty())
+            .nth(1)
+            .and_then(|w| std::str::from_utf8(w).ok()?.parse().ok());
+        if let Some(parent) = parent {
+            table.push((pid, parent));
+        }
+    }
+    table
 }
 
 /// All live descendants of `pid`, parents before children.
 pub fn descendants_of(pid: Pid) -> Vec<Pid> {
-    let mut out = Vec::new();
+    let mut out: Vec<Pid> = Vec::new();
     let mut queue = vec![pid];
+    let mut table: Option<Vec<(Pid, Pid)>> = None;
     while let Some(p) = queue.pop() {
-        for child in children_of(p) {
+        let children = match (&table, children_of(p)) {
+            (None, Some(children)) => children,
+            _ => {
+                let table = table.get_or_insert_with(parent_table);
+                table
+                    .iter()
+                    .filter(|(_, parent)| *parent == p)
+                    .map(|(c, _)| *c)
+                    .collect()
+            }
+        };
+        for child in children {
             if !out.contains(&child) {
                 out.push(child);
                 queue.push(child);
@@ -532,7 +581,12 @@ pub fn memory_of(pid: Pid) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = text.lines().find(|l| l.starts_with(name))?;
-        let kb: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        let kb: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
         Some(kb * 1024)
     };
     Some((field("Rss:")?, field("Pss:")?))
@@ -590,7 +644,8 @@ impl SignalSet {
     /// A descriptor that becomes readable when one of these (blocked) signals is pending.
     pub fn signalfd(&self) -> io::Result<OwnedFd> {
         // SAFETY: -1 asks for a new descriptor; the set is valid.
-        let fd = cvt(unsafe { libc::signalfd(-1, &self.0, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+        let fd =
+            cvt(unsafe { libc::signalfd(-1, &self.0, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
         // SAFETY: the kernel just returned this descriptor to us.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
@@ -656,7 +711,9 @@ pub fn inotify_read(fd: RawFd, out: &mut Vec<InotifyEvent>) -> io::Result<()> {
         let header = std::mem::size_of::<libc::inotify_event>();
         while at + header <= n {
             // SAFETY: the kernel writes whole events; `at` stays on an event boundary.
-            let ev = unsafe { std::ptr::read_unaligned(buf.as_ptr().add(at) as *const libc::inotify_event) };
+            let ev = unsafe {
+                std::ptr::read_unaligned(buf.as_ptr().add(at) as *const libc::inotify_event)
+            };
             let name = &buf[at + header..at + header + ev.len as usize];
             let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
             out.push(InotifyEvent {
@@ -725,4 +782,38 @@ pub fn own_object_path() -> Option<PathBuf> {
     // SAFETY: dladdr succeeded; dli_fname is a NUL-terminated string owned by the loader.
     let name = unsafe { CStr::from_ptr(info.assume_init().dli_fname) };
     Some(PathBuf::from(OsStr::from_bytes(name.to_bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descendants_include_grandchildren() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let child_pid = child.id() as Pid;
+        let mut found = Vec::new();
+        for _ in 0..200 {
+            found = descendants_of(getpid());
+            if found.contains(&child_pid) && found.len() >= 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let grandchild = descendants_of(child_pid);
+        for pid in grandchild.iter().chain([&child_pid]) {
+            let _ = kill(*pid, libc::SIGKILL);
+        }
+        let _ = child.wait();
+        assert!(found.contains(&child_pid), "{found:?}");
+        assert_eq!(grandchild.len(), 1, "the sleep below sh: {grandchild:?}");
+    }
+
+    #[test]
+    fn this_process_has_at_least_one_thread() {
+        assert!(thread_count() >= 1);
+    }
 }

@@ -204,7 +204,10 @@ mod tests {
     #[test]
     fn same_content_resumes_nothing() {
         let t = timeline();
-        assert_eq!(t.decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(20))])), None);
+        assert_eq!(
+            t.decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(20))])),
+            None
+        );
     }
 
     #[test]
@@ -219,18 +222,27 @@ mod tests {
         let r = t
             .decide(
                 ["/p/c.lua".into(), "/p/b.lua".into(), "/p/a.lua".into()],
-                contents(&[("/p/c.lua", fp(1)), ("/p/b.lua", fp(2)), ("/p/a.lua", fp(10))]),
+                contents(&[
+                    ("/p/c.lua", fp(1)),
+                    ("/p/b.lua", fp(2)),
+                    ("/p/a.lua", fp(10)),
+                ]),
             )
             .unwrap();
         // a.lua is unchanged: b.lua's checkpoint is the earliest among real changes.
         assert_eq!(r.index, 1);
-        assert_eq!(r.changed, vec![PathBuf::from("/p/b.lua"), PathBuf::from("/p/c.lua")]);
+        assert_eq!(
+            r.changed,
+            vec![PathBuf::from("/p/b.lua"), PathBuf::from("/p/c.lua")]
+        );
     }
 
     #[test]
     fn a_file_without_its_own_checkpoint_resumes_from_the_one_before() {
         let t = timeline();
-        let r = t.decide(["/p/d.lua".into()], contents(&[("/p/d.lua", fp(1))])).unwrap();
+        let r = t
+            .decide(["/p/d.lua".into()], contents(&[("/p/d.lua", fp(1))]))
+            .unwrap();
         assert_eq!(r.checkpoint.pid, 30);
     }
 
@@ -242,7 +254,9 @@ mod tests {
         // Still missing: nothing to do.
         assert_eq!(t.decide(["/p/b.lua".into()], contents(&[])), None);
         // Back again: resume from the same checkpoint.
-        let r = t.decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(5))])).unwrap();
+        let r = t
+            .decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(5))]))
+            .unwrap();
         assert_eq!(r.checkpoint.pid, 20);
     }
 
@@ -253,21 +267,32 @@ mod tests {
         assert_eq!(gone, vec![20, 30]);
         assert_eq!(t.checkpoints().len(), 1);
         // c.lua was first read after checkpoint 10 too: a change still resumes from it.
-        let r = t.decide(["/p/c.lua".into()], contents(&[("/p/c.lua", fp(0))])).unwrap();
+        let r = t
+            .decide(["/p/c.lua".into()], contents(&[("/p/c.lua", fp(0))]))
+            .unwrap();
         assert_eq!(r.checkpoint.pid, 10);
         // Messages from the discarded branch name checkpoints that are gone.
         assert!(!t.accessed("/p/e.lua".into(), 30, fp(1)));
         // The baseline of the changed file moved to what is on disk now.
-        assert_eq!(t.decide(["/p/a.lua".into()], contents(&[("/p/a.lua", fp(11))])), None);
+        assert_eq!(
+            t.decide(["/p/a.lua".into()], contents(&[("/p/a.lua", fp(11))])),
+            None
+        );
     }
 
     #[test]
     fn a_lost_checkpoint_hands_its_files_to_the_one_before() {
         let mut t = timeline();
         assert_eq!(t.checkpoint_lost(20), 0);
-        let r = t.decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(0))])).unwrap();
+        let r = t
+            .decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(0))]))
+            .unwrap();
         assert_eq!(r.checkpoint.pid, 10);
-        assert_eq!(t.checkpoint_lost(10), 2, "a.lua and b.lua have no resume point left");
+        assert_eq!(
+            t.checkpoint_lost(10),
+            2,
+            "a.lua and b.lua have no resume point left"
+        );
         assert!(!t.is_tracked(Path::new("/p/a.lua")));
         assert!(t.is_tracked(Path::new("/p/c.lua")));
     }
