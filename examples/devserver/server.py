@@ -9,13 +9,6 @@ Settings: PORT (default 8000), HOST (default 127.0.0.1).
 
 import http.server
 import os
-import sys
-
-# Print each line as it is written, also when stdout is a pipe or a file. Python keeps
-# its own output buffer, which a checkpoint copies: without this, text printed before a
-# checkpoint but still in the buffer would be written again by every resumed run.
-sys.stdout.reconfigure(line_buffering=True)
-
 import framework  # noqa: E402  the slow part: ~1 s at import
 import views  # noqa: E402  the module to edit
 
