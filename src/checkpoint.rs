@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 pub(crate) struct SessionState {
     /// Socket to the coordinator (inherited by every process of the session).
     pub up: RawFd,
+    /// Its inode: a program that closes descriptors it did not open may reuse the number.
+    pub up_inode: u64,
     pub epoch: u64,
     /// Newest checkpoint above this run: the resume point for files it reads next.
     pub checkpoint: Pid,
@@ -48,6 +50,25 @@ pub(crate) struct SessionState {
 }
 
 impl SessionState {
+    /// Is `up` still our socket? If the program closed it, say so once: this run takes
+    /// no more checkpoints (a resume from an earlier one gets a fresh connection).
+    fn connected(&self) -> bool {
+        if sys::fstat(self.up).is_ok_and(|s| s.socket && s.ino == self.up_inode) {
+            return true;
+        }
+        let first = process()
+            .as_mut()
+            .is_some_and(|p| !std::mem::replace(&mut p.warned_closed, true));
+        if first {
+            hook::reporter().warn(&format!(
+                "the program closed forkhook's descriptor {}; files it reads from now on in \
+                 this run are not watched (earlier checkpoints still resume)",
+                self.up
+            ));
+        }
+        false
+    }
+
     fn send(&self, message: &Up, pass: Option<RawFd>) -> io::Result<()> {
         sys::send_message(self.up, &message.encode(), pass)
     }
@@ -83,9 +104,14 @@ pub(crate) fn at_first_access(file: &Path) {
         return;
     };
     let report = hook::reporter();
+    // Before the session starts: the original process keeps every thread when it
+    // becomes the coordinator, so the warning belongs here.
+    let threads_ok = threads_allow(settings);
     let session = process().as_ref().and_then(|p| p.session);
-    let session = match session {
+    let mut session = match session {
+        Some(s) if !s.connected() => return,
         Some(s) => s,
+        None if !threads_ok => return,
         None => match start_session() {
             Ok(s) => s,
             Err(e) => {
@@ -97,8 +123,7 @@ pub(crate) fn at_first_access(file: &Path) {
         },
     };
 
-    let mut session = session;
-    if within_budget(&session, settings) && threads_allow(settings) {
+    if within_budget(&session, settings) && threads_ok {
         match take(session, file) {
             Ok(resumed) => session = resumed,
             Err(e) => report.warn(&format!(
@@ -136,12 +161,15 @@ fn start_session() -> io::Result<SessionState> {
     let (coordinator_end, member_end) = sys::seqpacket_pair()?;
     let coordinator_end = sys::move_high(coordinator_end)?;
     let member_end = sys::move_high(member_end)?;
+    let up_inode = sys::fstat(member_end.as_raw_fd())?.ino;
+    hook::mark_session_started();
     let terminal = sys::tcgetattr(0);
     match sys::fork()? {
         Fork::Child => {
             drop(coordinator_end);
             Ok(SessionState {
                 up: member_end.into_raw_fd(),
+                up_inode,
                 epoch: 0,
                 checkpoint: 0,
                 origin: hook::start_time(),
@@ -388,6 +416,7 @@ impl Parked {
         let cost = began.elapsed();
         SessionState {
             up: self.session.up,
+            up_inode: self.session.up_inode,
             epoch,
             checkpoint: sys::getppid(),
             // Time into the run restarts from where the checkpoint was.

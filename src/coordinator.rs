@@ -47,6 +47,9 @@ const DIR_GONE: u32 = libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNOR
 const MAX_WRITE_WAIT: Duration = Duration::from_secs(2);
 /// How often to look for a watched directory that was removed to come back.
 const LOST_DIR_RETRY: Duration = Duration::from_millis(100);
+/// How long a changed file waits for the resumed run to read it before its next change
+/// is decided on anyway (a run that never gets there again, e.g. a server).
+const AWAIT_LIMIT: Duration = Duration::from_secs(5);
 /// Time a run gets to end by itself on SIGTERM/SIGHUP before everything is killed.
 const STOP_GRACE: Duration = Duration::from_millis(300);
 
@@ -80,6 +83,8 @@ struct Coordinator {
     last_event: Instant,
     /// No resume before this (FORKMON_IGNORE_DELAY), so a burst right after one waits.
     hold_until: Option<Instant>,
+    /// Until then, changes to files the resumed run has yet to read wait for it.
+    awaiting_until: Option<Instant>,
     run: Option<Run>,
     /// What the next RunStarted skipped (set when a resume is ordered).
     next_skipped: Duration,
@@ -139,6 +144,7 @@ pub(crate) fn run(sock: OwnedFd, first: Pid, terminal: Option<Termios>) -> ! {
         pending_since: None,
         last_event: Instant::now(),
         hold_until: None,
+        awaiting_until: None,
         run: None,
         next_skipped: Duration::ZERO,
         runs_started: 0,
@@ -268,6 +274,7 @@ impl Coordinator {
                     return;
                 };
                 self.restore_terminal();
+                self.timeline.stop_awaiting();
                 self.report_run_end(&run, Exit::from_wait_status(status));
             }
             Up::CheckpointFailed { epoch, pid, errno } if epoch == self.epoch => {
@@ -401,13 +408,25 @@ impl Coordinator {
 
     // ------------------------------------------------------------ deciding
 
+    /// Is `path` changed, and about to be read by the run a resume just started? Its
+    /// change waits for that read (or the run's end), so a save the new run already
+    /// reads is not acted on a second time.
+    fn awaiting(&self, path: &Path) -> bool {
+        self.awaiting_until
+            .is_some_and(|until| Instant::now() < until)
+            && self.timeline.is_awaiting(path)
+    }
+
     fn deadline(&self) -> Option<Instant> {
         self.pending_since?;
-        let settled = self.last_event + self.settings.settle;
-        Some(match self.hold_until {
-            Some(hold) if hold > settled => hold,
-            _ => settled,
-        })
+        let mut deadline = self.last_event + self.settings.settle;
+        if self.pending.iter().all(|p| self.awaiting(p)) {
+            deadline = deadline.max(self.awaiting_until?);
+        }
+        if let Some(hold) = self.hold_until {
+            deadline = deadline.max(hold);
+        }
+        Some(deadline)
     }
 
     fn next_timeout(&self) -> i32 {
@@ -443,8 +462,23 @@ impl Coordinator {
     }
 
     fn decide(&mut self) {
-        let candidates = std::mem::take(&mut self.pending);
-        self.pending_since = None;
+        if self
+            .awaiting_until
+            .is_some_and(|until| Instant::now() >= until)
+        {
+            self.awaiting_until = None;
+            self.timeline.stop_awaiting();
+        }
+        let (waiting, candidates): (BTreeSet<PathBuf>, BTreeSet<PathBuf>) =
+            std::mem::take(&mut self.pending)
+                .into_iter()
+                .partition(|p| self.awaiting(p));
+        if candidates.is_empty() {
+            self.pending = waiting;
+            return;
+        }
+        self.pending_since = (!waiting.is_empty()).then(Instant::now);
+        self.pending = waiting;
         for path in &candidates {
             self.writing.remove(path);
         }
@@ -490,6 +524,7 @@ impl Coordinator {
         }
         self.run = None;
         self.next_skipped = checkpoint.elapsed;
+        self.awaiting_until = Some(Instant::now() + AWAIT_LIMIT);
         self.restore_terminal();
         if self.settings.hold_after_resume > Duration::ZERO {
             self.hold_until = Some(Instant::now() + self.settings.hold_after_resume);

@@ -38,6 +38,10 @@ static SETTINGS: OnceLock<Settings> = OnceLock::new();
 static START: OnceLock<Instant> = OnceLock::new();
 /// The path this library was loaded from, to strip from `LD_PRELOAD` of children.
 static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+/// Set by the launcher: the pid it exec'd the command as, and a shared memfd where
+/// whichever process starts a session notes it, so the command can tell at exit
+/// whether anything was watched (it may be a wrapper whose child did the watching).
+static LAUNCHED: OnceLock<(libc::pid_t, RawFd)> = OnceLock::new();
 
 thread_local! {
     static BUSY: Cell<bool> = const { Cell::new(false) };
@@ -67,6 +71,7 @@ pub(crate) struct Process {
     pub seen: HashSet<Box<[u8]>>,
     pub session: Option<checkpoint::SessionState>,
     pub warned_threads: bool,
+    pub warned_closed: bool,
 }
 
 static PROCESS: Mutex<Option<Process>> = Mutex::new(None);
@@ -79,6 +84,7 @@ pub(crate) fn process() -> MutexGuard<'static, Option<Process>> {
         seen: HashSet::new(),
         session: None,
         warned_threads: false,
+        warned_closed: false,
     });
     guard
 }
@@ -116,6 +122,13 @@ pub fn init() {
     if let Some(path) = sys::own_object_path() {
         let _ = LIBRARY.set(path);
     }
+    let number = |name: &str| std::env::var(name).ok()?.parse::<i32>().ok();
+    if let (Some(pid), Some(marker)) = (
+        number("FORKHOOK_LAUNCHER_PID"),
+        number("FORKHOOK_SESSION_MARKER"),
+    ) {
+        let _ = LAUNCHED.set((pid, marker));
+    }
     match Settings::from_env(|name| std::env::var_os(name), sys::isatty(2)) {
         Ok(settings) => {
             // CPython keeps its own output buffer, which fflush(NULL) cannot reach: it
@@ -129,6 +142,46 @@ pub fn init() {
             reporter().error(&e.to_string());
             sys::exit_now(2);
         }
+    }
+}
+
+/// The launcher's marker descriptor, if this process still has it.
+fn launch_marker() -> Option<RawFd> {
+    let &(_, fd) = LAUNCHED.get()?;
+    let mut name = [0u8; 64];
+    let n = sys::fd_path(fd, &mut name).ok()?;
+    name[..n]
+        .starts_with(b"/memfd:forkhook-session")
+        .then_some(fd)
+}
+
+/// Notes in the launcher's marker that a session started.
+pub(crate) fn mark_session_started() {
+    if let Some(fd) = launch_marker() {
+        let _ = sys::pwrite(fd, b"1", 0);
+    }
+}
+
+/// The load-time destructor. The command the launcher ran exits without any session
+/// having started: nothing matched the filter, which is worth one line.
+pub fn at_exit() {
+    let Some(_guard) = Guard::enter() else {
+        return;
+    };
+    let (Some(settings), Some(&(launched, _))) = (SETTINGS.get(), LAUNCHED.get()) else {
+        return;
+    };
+    if launched != sys::getpid() || process().as_ref().is_some_and(|p| p.session.is_some()) {
+        return;
+    }
+    let mut mark = [0u8; 1];
+    let started = launch_marker()
+        .is_some_and(|fd| sys::pread(fd, &mut mark, 0).is_ok_and(|n| n == 1) && mark[0] == b'1');
+    if !started {
+        reporter().info(&format!(
+            "no file matched the filter ({}): nothing was watched",
+            settings.filter.describe()
+        ));
     }
 }
 

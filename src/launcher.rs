@@ -6,6 +6,7 @@ use crate::filter::Filter;
 use clap::Parser;
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -172,6 +173,14 @@ pub fn main(cli: Cli, library: &[u8]) -> Result<(), LaunchError> {
     }
     if let Some(policy) = &cli.threads {
         command.env("FORKHOOK_THREADS", policy);
+    }
+    // The command keeps this pid; a memfd it inherits tells it at exit whether any
+    // process it started went on to watch something.
+    command.env("FORKHOOK_LAUNCHER_PID", std::process::id().to_string());
+    if let Ok(marker) = crate::sys::memfd_inheritable(c"forkhook-session") {
+        command.env("FORKHOOK_SESSION_MARKER", marker.as_raw_fd().to_string());
+        // Owned by the command from here on (exec keeps it open).
+        std::mem::forget(marker);
     }
     let mut preload = library.into_os_string();
     if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {

@@ -36,6 +36,7 @@ fn cstr(path: &Path) -> io::Result<CString> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStat {
     pub regular: bool,
+    pub socket: bool,
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
@@ -45,6 +46,7 @@ pub struct FileStat {
 fn file_stat_from(st: &libc::stat) -> FileStat {
     FileStat {
         regular: st.st_mode & libc::S_IFMT == libc::S_IFREG,
+        socket: st.st_mode & libc::S_IFMT == libc::S_IFSOCK,
         dev: st.st_dev,
         ino: st.st_ino,
         size: st.st_size as u64,
@@ -160,6 +162,27 @@ pub fn canonical(path: &CStr) -> io::Result<PathBuf> {
     let n = fd_path(fd.as_raw_fd(), &mut buf)?;
     buf.truncate(n);
     Ok(PathBuf::from(OsStr::from_bytes(&buf)))
+}
+
+/// Reads from a given offset, leaving the descriptor's own offset alone.
+pub fn pread(fd: RawFd, buf: &mut [u8], offset: i64) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
+    cvt(unsafe { libc::pread(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), offset) })
+        .map(|n| n as usize)
+}
+
+pub fn pwrite(fd: RawFd, data: &[u8], offset: i64) -> io::Result<usize> {
+    // SAFETY: `data` is valid for reads of its length.
+    cvt(unsafe { libc::pwrite(fd, data.as_ptr() as *const libc::c_void, data.len(), offset) })
+        .map(|n| n as usize)
+}
+
+/// An anonymous in-memory file that is inherited across exec (no close-on-exec).
+pub fn memfd_inheritable(name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; flags 0 leaves the descriptor open across exec.
+    let fd = cvt(unsafe { libc::memfd_create(name.as_ptr(), 0) })?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 pub fn lseek(fd: RawFd, offset: i64, whence: libc::c_int) -> io::Result<i64> {

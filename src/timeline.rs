@@ -29,6 +29,9 @@ pub struct Tracked {
     pub checkpoint: Pid,
     /// Content the current run read (or will read next time it gets there).
     pub baseline: Fingerprint,
+    /// Changed, and a resume is under way: the new run has not read it yet. Deciding
+    /// now could resume a second time for an edit the new run is about to read.
+    pub awaiting: bool,
 }
 
 /// What to do about a set of changed files.
@@ -85,9 +88,23 @@ impl Timeline {
             Tracked {
                 checkpoint,
                 baseline,
+                awaiting: false,
             },
         );
         true
+    }
+
+    /// Is a resume under way that will read `path` again?
+    pub fn is_awaiting(&self, path: &Path) -> bool {
+        self.files.get(path).is_some_and(|t| t.awaiting)
+    }
+
+    /// The run ended (or took too long): files it did not read keep the content seen at
+    /// the resume as baseline.
+    pub fn stop_awaiting(&mut self) {
+        for tracked in self.files.values_mut() {
+            tracked.awaiting = false;
+        }
     }
 
     /// Of `candidates` (files with change events), those whose content now differs from
@@ -129,6 +146,7 @@ impl Timeline {
         for (path, fingerprint) in now {
             if let Some(tracked) = self.files.get_mut(path) {
                 tracked.baseline = *fingerprint;
+                tracked.awaiting = true;
             }
         }
         gone
@@ -278,6 +296,27 @@ mod tests {
             t.decide(["/p/a.lua".into()], contents(&[("/p/a.lua", fp(11))])),
             None
         );
+    }
+
+    #[test]
+    fn a_resumed_file_awaits_the_new_runs_access() {
+        let mut t = timeline();
+        let r = t
+            .decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(2))]))
+            .unwrap();
+        t.resumed(r.index, &[("/p/b.lua".into(), fp(2))]);
+        assert!(t.is_awaiting(Path::new("/p/b.lua")));
+        assert!(!t.is_awaiting(Path::new("/p/a.lua")));
+        // The new run read a newer save (3): that is the baseline now.
+        assert!(t.accessed("/p/b.lua".into(), 20, fp(3)));
+        assert!(!t.is_awaiting(Path::new("/p/b.lua")));
+        assert_eq!(
+            t.decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(3))])),
+            None
+        );
+        t.resumed(1, &[("/p/b.lua".into(), fp(4))]);
+        t.stop_awaiting();
+        assert!(!t.is_awaiting(Path::new("/p/b.lua")));
     }
 
     #[test]
