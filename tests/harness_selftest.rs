@@ -353,6 +353,7 @@ fn http_get_reads_status_and_body() {
 
 /// The examples run as documented without forkhook; this also exercises the harness on
 /// real interpreters (block-buffered Python output on a pipe, a server that never exits).
+/// Python gets PYTHONUNBUFFERED=1, as forkhook gives it.
 #[test]
 fn examples_run_without_forkhook() {
     let _guard = lock();
@@ -379,6 +380,7 @@ fn examples_run_without_forkhook() {
     if require_tool("python3") {
         let mut cmd = Command::new("python3");
         clean_env(&mut cmd)
+            .env("PYTHONUNBUFFERED", "1")
             .arg(root.join("examples/python/app.py"))
             .current_dir(&elsewhere.path);
         let mut session = Session::start(cmd);
@@ -402,6 +404,7 @@ fn examples_run_without_forkhook() {
         let port = free_port();
         let mut cmd = Command::new(python3_executable());
         clean_env(&mut cmd)
+            .env("PYTHONUNBUFFERED", "1")
             .arg(root.join("examples/devserver/server.py"))
             .env("PORT", port.to_string())
             .current_dir(&elsewhere.path);

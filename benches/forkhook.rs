@@ -1,0 +1,1138 @@
+//! Benchmarks for issue 4: real programs, run for real, measured and reported.
+//! They assert nothing about speed: they print a markdown table with each target and
+//! whether this machine met it.
+//!
+//! ```text
+//! cargo bench                          all scenarios (a couple of minutes)
+//! cargo bench -- latency               only scenarios whose key contains "latency"
+//! FORKHOOK_BENCH_QUICK=1 cargo bench   fewer iterations
+//! ```
+//!
+//! Scenario keys: `latency` (1, edit → new output), `overhead` (2, first-run
+//! overhead), `memory` (3, memory of a session), `scale` (4, 10,000 watched files),
+//! `hook` (5, cost of a hooked `stat`). 2 and 3 share their runs.
+//!
+//! Every process a scenario starts is owned by a [`Proc`], whose drop ends it and
+//! every process below it, by pid (never by name), also when a scenario fails.
+//! The release profile aborts on panic, which would skip those drops: nothing here
+//! panics on purpose, failures travel as `Err(String)`.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const FORKHOOK: &str = env!("CARGO_BIN_EXE_forkhook");
+/// Upper bound for any single wait; never an assertion about speed.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+type Res<T> = Result<T, String>;
+
+// ------------------------------------------------------------------------------ options
+
+struct Opts {
+    quick: bool,
+    filters: Vec<String>,
+}
+
+impl Opts {
+    fn from_env() -> Opts {
+        Opts {
+            quick: std::env::var_os("FORKHOOK_BENCH_QUICK").is_some_and(|v| v != "0"),
+            // cargo passes `--bench`; everything else that is not a flag is a filter.
+            filters: std::env::args()
+                .skip(1)
+                .filter(|a| !a.starts_with('-'))
+                .collect(),
+        }
+    }
+
+    fn wants(&self, key: &str) -> bool {
+        self.filters.is_empty() || self.filters.iter().any(|f| key.contains(f.as_str()))
+    }
+
+    fn pick(&self, full: usize, quick: usize) -> usize {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------ temp dirs
+
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(name: &str) -> Res<TempDir> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "forkhook-bench-{name}-{}-{nanos:08x}",
+            std::process::id()
+        ));
+        fs::create_dir(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let path = fs::canonicalize(&path).unwrap_or(path);
+        Ok(TempDir { path })
+    }
+
+    fn join(&self, relative: impl AsRef<Path>) -> PathBuf {
+        self.path.join(relative)
+    }
+
+    fn write(&self, relative: impl AsRef<Path>, contents: &str) -> Res<PathBuf> {
+        let path = self.join(relative);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        fs::write(&path, contents).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            eprintln!("warning: cannot remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------ /proc
+
+/// (pid, parent pid, start time in clock ticks) of a live process.
+fn proc_stat(pid: i32) -> Option<(i32, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything: parse after it.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): ppid is field 4, starttime field 22.
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+/// Every live process below `root` (not `root` itself), with its start time.
+fn descendants(root: i32) -> Vec<(i32, u64)> {
+    let mut children: HashMap<i32, Vec<(i32, u64)>> = HashMap::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            if let Some((ppid, start)) = proc_stat(pid) {
+                children.entry(ppid).or_default().push((pid, start));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        for &(child, start) in children.get(&pid).map(Vec::as_slice).unwrap_or(&[]) {
+            out.push((child, start));
+            todo.push(child);
+        }
+    }
+    out
+}
+
+/// Proportional set size of a process, in KiB.
+fn pss_kib(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("Pss:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn kill(pid: i32, signal: libc::c_int) {
+    // SAFETY: kill(2) takes plain integers; the pid is one we started or found below it.
+    unsafe { libc::kill(pid, signal) };
+}
+
+// ------------------------------------------------------------------------------ processes
+
+struct Line {
+    err: bool,
+    at: Instant,
+    text: String,
+}
+
+/// A process this bench started, with its stdout and stderr read line by line (each
+/// line stamped when it was read from the pipe). Dropping it ends the process and
+/// everything below it.
+struct Proc {
+    label: String,
+    pid: i32,
+    started: Instant,
+    lines: Receiver<Line>,
+    transcript: Vec<String>,
+    exited: Option<Exited>,
+}
+
+#[derive(Clone, Copy)]
+struct Exited {
+    status: i32,
+    maxrss_kib: i64,
+}
+
+fn reader(stream: impl Read + Send + 'static, err: bool, tx: Sender<Line>) {
+    thread::spawn(move || {
+        let mut stream = BufReader::new(stream);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match stream.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let at = Instant::now();
+                    let text = String::from_utf8_lossy(&buf).trim_end().to_string();
+                    if tx.send(Line { err, at, text }).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+impl Proc {
+    fn spawn(label: &str, cmd: &mut Command) -> Res<Proc> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("{label}: cannot start {cmd:?}: {e}"))?;
+        let (tx, rx) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            reader(out, false, tx.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            reader(err, true, tx);
+        }
+        // The pid is ours to wait for (wait4, for the peak RSS); `Child` never reaps.
+        Ok(Proc {
+            label: label.to_string(),
+            pid: child.id() as i32,
+            started,
+            lines: rx,
+            transcript: Vec::new(),
+            exited: None,
+        })
+    }
+
+    fn fail(&self, what: &str) -> String {
+        let mut s = format!("{}: {what}\n--- transcript ---\n", self.label);
+        for line in self.transcript.iter().rev().take(40).rev() {
+            let _ = writeln!(s, "{line}");
+        }
+        s
+    }
+
+    /// The next line (stdout or stderr) for which `want` holds; lines before it are
+    /// consumed.
+    fn wait_line(&mut self, what: &str, want: impl Fn(&Line) -> bool) -> Res<Line> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.transcript.push(format!(
+                        "{} {}",
+                        if line.err { "err|" } else { "out|" },
+                        line.text
+                    ));
+                    if want(&line) {
+                        return Ok(line);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(self.fail(&format!("timed out waiting for {what}")))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(self.fail(&format!("output ended before {what}")))
+                }
+            }
+        }
+    }
+
+    fn wait_out(&mut self, want: impl Fn(&str) -> bool) -> Res<Line> {
+        self.wait_line("a line on stdout", |l| !l.err && want(&l.text))
+    }
+
+    fn wait_run_exited(&mut self) -> Res<Line> {
+        self.wait_line("`run exited`", |l| {
+            l.err && l.text.contains("[forkhook] run ") && l.text.contains("watching")
+        })
+    }
+
+    /// Waits for the process to exit (it must end by itself), with its peak RSS.
+    fn wait_exit(&mut self) -> Res<Exited> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let mut status = 0;
+            // SAFETY: rusage is plain data, filled in by the kernel.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: valid out-pointers; the pid is our own child.
+            let r = unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut usage) };
+            if r == self.pid {
+                let exited = Exited {
+                    status,
+                    maxrss_kib: usage.ru_maxrss,
+                };
+                self.exited = Some(exited);
+                return Ok(exited);
+            }
+            if r < 0 {
+                return Err(self.fail(&format!(
+                    "wait4 failed: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(self.fail("did not exit"));
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The process and every live process below it.
+    fn tree(&self) -> Vec<i32> {
+        let mut all = vec![self.pid];
+        all.extend(descendants(self.pid).into_iter().map(|(p, _)| p));
+        all
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exited.is_some() {
+            return;
+        }
+        // What lives below it now; the coordinator ends all of it on SIGTERM, and
+        // whatever is left afterwards is killed here, by pid (after checking the pid
+        // still names the same process).
+        let below = descendants(self.pid);
+        kill(self.pid, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let mut status = 0;
+            // SAFETY: plain waitpid on our own child.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+            if r == self.pid || r < 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                kill(self.pid, libc::SIGKILL);
+                // SAFETY: as above, blocking.
+                unsafe { libc::waitpid(self.pid, &mut status, 0) };
+                break;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        let mut left = 0;
+        for (pid, start) in below {
+            if proc_stat(pid).is_some_and(|(_, s)| s == start) {
+                left += 1;
+                kill(pid, libc::SIGKILL);
+            }
+        }
+        if left > 0 {
+            eprintln!(
+                "note: {}: killed {left} process(es) left behind after SIGTERM",
+                self.label
+            );
+        }
+    }
+}
+
+/// A command with none of the developer's forkhook or Python settings.
+fn clean(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("FORKMON_")
+            || k.starts_with("FORKHOOK_")
+            || k == "NO_COLOR"
+            || k == "LD_PRELOAD"
+            || k == "PYTHONUNBUFFERED"
+            || k == "PYTHONDONTWRITEBYTECODE"
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
+fn forkhook(ext: &str, program: &[&str]) -> Command {
+    let mut cmd = clean(FORKHOOK);
+    cmd.arg("-e").arg(ext).arg("--").args(program);
+    cmd
+}
+
+fn plain(program: &[&str]) -> Command {
+    let mut cmd = clean(program[0]);
+    cmd.args(&program[1..]);
+    cmd
+}
+
+// ------------------------------------------------------------------------------ statistics
+
+fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s
+}
+
+fn median(v: &[f64]) -> f64 {
+    let s = sorted(v);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// Nearest-rank percentile.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let s = sorted(v);
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    s[rank.clamp(1, s.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.2} ms")
+    } else if v < 1000.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{:.3} s", v / 1e3)
+    }
+}
+
+fn fmt_mib(kib: f64) -> String {
+    format!("{:.1} MiB", kib / 1024.0)
+}
+
+fn yes(ok: bool) -> String {
+    if ok { "yes" } else { "**no**" }.to_string()
+}
+
+// ------------------------------------------------------------------------------ report
+
+struct Row {
+    scenario: String,
+    plain: String,
+    forkhook: String,
+    ratio: String,
+    target: String,
+    met: String,
+}
+
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn row(&mut self, scenario: &str, plain: String, forkhook: String, ratio: String, target: &str, met: String) {
+        let row = Row {
+            scenario: scenario.to_string(),
+            plain,
+            forkhook,
+            ratio,
+            target: target.to_string(),
+            met,
+        };
+        eprintln!(
+            "  {} | {} | {} | {} | {} | {}",
+            row.scenario, row.plain, row.forkhook, row.ratio, row.target, row.met
+        );
+        self.rows.push(row);
+    }
+
+    fn note(&mut self, note: String) {
+        eprintln!("  note: {note}");
+        self.notes.push(note);
+    }
+
+    fn print(&self) {
+        println!();
+        println!("| scenario | plain / full restart | forkhook | ratio | target | met? |");
+        println!("|---|---|---|---|---|---|");
+        for r in &self.rows {
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                r.scenario, r.plain, r.forkhook, r.ratio, r.target, r.met
+            );
+        }
+        println!();
+        for n in &self.notes {
+            println!("- {n}");
+        }
+    }
+}
+
+fn machine() -> String {
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown CPU".to_string(), |s| s.trim().to_string());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} CPUs, {model}, Linux {}", kernel.trim())
+}
+
+// ------------------------------------------------------------------------------ 1. latency
+
+#[derive(Clone, Copy)]
+enum Save {
+    /// open(O_TRUNC), write, close: what `echo > file` and many editors do.
+    InPlace,
+    /// write a temporary file, rename it over: vim, JetBrains, `sed -i`.
+    Rename,
+}
+
+impl Save {
+    fn name(self) -> &'static str {
+        match self {
+            Save::InPlace => "in-place write",
+            Save::Rename => "rename-over save",
+        }
+    }
+
+    /// Saves `contents` to `path`; returns when the file is complete (closed/renamed).
+    fn save(self, path: &Path, contents: &str) -> Res<Instant> {
+        let err = |e: std::io::Error| format!("cannot save {}: {e}", path.display());
+        match self {
+            Save::InPlace => fs::write(path, contents).map_err(err)?,
+            Save::Rename => {
+                let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+                let temp = path.with_file_name(format!(".{name}.bench-tmp"));
+                fs::write(&temp, contents).map_err(err)?;
+                fs::rename(&temp, path).map_err(err)?;
+            }
+        }
+        Ok(Instant::now())
+    }
+}
+
+/// Edits `file` `edits` times in a running session and returns the latency of each
+/// (file complete → the expected line read from stdout). `expect(n)` is the line the
+/// n-th edit (content `content(n)`) must produce. Counts stdout lines that came first.
+fn edit_latencies(
+    session: &mut Proc,
+    file: &Path,
+    save: Save,
+    edits: usize,
+    content: impl Fn(usize) -> String,
+    expect: impl Fn(usize) -> String,
+    stray: &mut usize,
+) -> Res<Vec<f64>> {
+    let mut out = Vec::new();
+    for n in 1..=edits {
+        // A little quiet between edits, so each one is a separate burst.
+        thread::sleep(Duration::from_millis(20));
+        let done = save.save(file, &content(n))?;
+        let want = expect(n);
+        let strays = Cell::new(0usize);
+        let line = session.wait_line(&format!("`{want}`"), |l| {
+            if l.err || l.at < done {
+                return false;
+            }
+            if l.text == want {
+                return true;
+            }
+            // A line on stdout between the save and the expected one.
+            strays.set(strays.get() + 1);
+            false
+        })?;
+        out.push(ms(line.at.saturating_duration_since(done)));
+        *stray += strays.get();
+        session.wait_run_exited()?;
+    }
+    Ok(out)
+}
+
+fn scenario_latency(o: &Opts, report: &mut Report) -> Res<()> {
+    eprintln!("1. edit → new output");
+    let dir = TempDir::new("latency")?;
+    dir.write(
+        "main.lua",
+        "-- about 1 s of CPU before the module being edited is required\n\
+         local t, x = os.clock(), 0\n\
+         while os.clock() - t < 1.0 do x = x + 1 end\n\
+         require(\"mod\")\n",
+    )?;
+    let module = dir.write("mod.lua", "print(\"MARK 0\")\n")?;
+
+    let mut restart = Vec::new();
+    for _ in 0..o.pick(5, 2) {
+        let mut p = Proc::spawn(
+            "plain lua5.4 main.lua",
+            plain(&["lua5.4", "main.lua"]).current_dir(&dir.path),
+        )?;
+        let line = p.wait_out(|t| t.starts_with("MARK"))?;
+        restart.push(ms(line.at - p.started));
+        p.wait_exit()?;
+    }
+    let restart_median = median(&restart);
+
+    let edits = o.pick(20, 8);
+    for save in [Save::InPlace, Save::Rename] {
+        let mut s = Proc::spawn(
+            "forkhook -e lua -- lua5.4 main.lua",
+            forkhook("lua", &["lua5.4", "main.lua"]).current_dir(&dir.path),
+        )?;
+        s.wait_out(|t| t == "MARK 0")?;
+        s.wait_run_exited()?;
+        let mut stray = 0;
+        let lat = edit_latencies(
+            &mut s,
+            &module,
+            save,
+            edits,
+            |n| format!("print(\"MARK {n}\")\n"),
+            |n| format!("MARK {n}"),
+            &mut stray,
+        )?;
+        drop(s);
+        dir.write("mod.lua", "print(\"MARK 0\")\n")?;
+        let (med, p90) = (median(&lat), percentile(&lat, 90.0));
+        report.row(
+            &format!("1. edit → new output ({}), {edits} edits", save.name()),
+            format!("full restart {}", fmt_ms(restart_median)),
+            format!(
+                "median {}, p90 {} (min {}, max {})",
+                fmt_ms(med),
+                fmt_ms(p90),
+                fmt_ms(percentile(&lat, 0.0)),
+                fmt_ms(percentile(&lat, 100.0))
+            ),
+            format!("{:.4}×", med / restart_median),
+            "median ≤ 10 ms",
+            yes(med <= 10.0),
+        );
+    }
+    report.note(format!(
+        "1: full restart = spawn of plain `lua5.4 main.lua` until `MARK` is read from its \
+         stdout (median of {}). forkmon, the same idea in C, waits FORKMON_RESTART_DELAY \
+         (50 ms by default) after a change before it restarts, so its latency is at least 50 ms \
+         (not measured here); forkhook's settle window is 3 ms.",
+        restart.len()
+    ));
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------ 2 + 3. projects
+
+struct Project {
+    name: &'static str,
+    dir: TempDir,
+    ext: &'static str,
+    argv: Vec<String>,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+fn lua_project() -> Res<Project> {
+    let dir = TempDir::new("lua1000")?;
+    let mut main = String::from("local sum = 0\nfor i = 1, 1000 do\n  sum = sum + require(\"m\" .. i)\nend\nprint(\"done \" .. sum)\n");
+    main.insert_str(0, "-- 1000 modules, each doing a little work\n");
+    dir.write("main.lua", &main)?;
+    for i in 1..=1000 {
+        dir.write(
+            format!("m{i}.lua"),
+            &format!(
+                "local t = {{}}\nfor i = 1, 2000 do t[i] = (i * {i}) % 13 end\n\
+                 local s = 0\nfor i = 1, #t do s = s + t[i] end\nreturn s\n"
+            ),
+        )?;
+    }
+    Ok(Project {
+        name: "Lua, 1000 modules",
+        dir,
+        ext: "lua",
+        argv: vec!["lua5.4".into(), "main.lua".into()],
+        env: vec![],
+    })
+}
+
+/// The interpreter itself, not a wrapper script (pyenv shims are bash scripts).
+fn python_executable() -> Res<String> {
+    let out = clean("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    let exe = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if exe.is_empty() {
+        return Err("python3 did not say where it is".into());
+    }
+    Ok(exe)
+}
+
+/// Objects per module: 500 modules build about 100 MiB of small objects in total.
+const PY_ITEMS: usize = 1300;
+
+fn python_project() -> Res<Project> {
+    let dir = TempDir::new("py500")?;
+    dir.write(
+        "main.py",
+        "# 500 modules, which together build about 100 MiB of small objects\n\
+         import importlib\n\
+         total = 0\n\
+         for i in range(500):\n\
+         \x20   total += importlib.import_module(f\"m{i}\").N\n\
+         print(f\"done {total}\")\n",
+    )?;
+    for i in 0..500 {
+        dir.write(
+            format!("m{i}.py"),
+            &format!(
+                "DATA = [(i, i * 0.5, str(i)) for i in range({PY_ITEMS})]\n\
+                 INDEX = {{d[2]: d for d in DATA[::4]}}\n\
+                 N = len(DATA) + len(INDEX) + {i}\n"
+            ),
+        )?;
+    }
+    Ok(Project {
+        name: "Python, 500 modules, ~100 MiB heap",
+        dir,
+        ext: "py",
+        argv: vec![python_executable()?, "main.py".into()],
+        env: vec![("PYTHONUNBUFFERED", "1")],
+    })
+}
+
+struct ProjectRuns {
+    plain_wall: Vec<f64>,
+    hook_wall: Vec<f64>,
+    plain_maxrss: Vec<f64>,
+    hook_pss: Vec<f64>,
+    hook_procs: Vec<usize>,
+}
+
+fn run_project(p: &Project, runs: usize) -> Res<ProjectRuns> {
+    let argv: Vec<&str> = p.argv.iter().map(String::as_str).collect();
+    let plain_cmd = || {
+        let mut c = plain(&argv);
+        c.current_dir(&p.dir.path).envs(p.env.iter().copied());
+        c
+    };
+    let hook_cmd = || {
+        let mut c = forkhook(p.ext, &argv);
+        c.current_dir(&p.dir.path).envs(p.env.iter().copied());
+        c
+    };
+    // Warm-up: page cache, .pyc files (written by this plain run), the library cache.
+    {
+        let mut w = Proc::spawn("warm-up plain", &mut plain_cmd())?;
+        w.wait_out(|t| t.starts_with("done"))?;
+        w.wait_exit()?;
+        let mut w = Proc::spawn("warm-up forkhook", &mut hook_cmd())?;
+        w.wait_out(|t| t.starts_with("done"))?;
+        w.wait_run_exited()?;
+    }
+    let mut r = ProjectRuns {
+        plain_wall: vec![],
+        hook_wall: vec![],
+        plain_maxrss: vec![],
+        hook_pss: vec![],
+        hook_procs: vec![],
+    };
+    for _ in 0..runs {
+        // Interleaved, so drift on a shared machine hits both alike.
+        let mut x = Proc::spawn(&format!("plain {}", p.name), &mut plain_cmd())?;
+        let done = x.wait_out(|t| t.starts_with("done"))?;
+        r.plain_wall.push(ms(done.at - x.started));
+        let exited = x.wait_exit()?;
+        if exited.status != 0 {
+            return Err(x.fail(&format!("exited with wait status {}", exited.status)));
+        }
+        r.plain_maxrss.push(exited.maxrss_kib as f64);
+        drop(x);
+
+        let mut s = Proc::spawn(&format!("forkhook {}", p.name), &mut hook_cmd())?;
+        let done = s.wait_out(|t| t.starts_with("done"))?;
+        r.hook_wall.push(ms(done.at - s.started));
+        s.wait_run_exited()?;
+        let tree = s.tree();
+        r.hook_pss
+            .push(tree.iter().filter_map(|&pid| pss_kib(pid)).sum::<u64>() as f64);
+        r.hook_procs.push(tree.len());
+    }
+    Ok(r)
+}
+
+fn scenario_projects(o: &Opts, report: &mut Report, overhead: bool, memory: bool) -> Res<()> {
+    eprintln!("2/3. first-run overhead and memory");
+    let runs = o.pick(7, 3);
+    for make in [lua_project as fn() -> Res<Project>, python_project] {
+        let p = make()?;
+        let r = run_project(&p, runs)?;
+        if overhead {
+            let (a, b) = (median(&r.plain_wall), median(&r.hook_wall));
+            report.row(
+                &format!("2. first-run overhead: {}", p.name),
+                fmt_ms(a),
+                fmt_ms(b),
+                format!("{:.3}×", b / a),
+                "≤ 1.05×",
+                yes(b / a <= 1.05),
+            );
+        }
+        if memory {
+            let (a, b) = (median(&r.plain_maxrss), median(&r.hook_pss));
+            report.row(
+                &format!("3. memory: {}", p.name),
+                format!("peak RSS {}", fmt_mib(a)),
+                format!(
+                    "PSS {} ({} processes)",
+                    fmt_mib(b),
+                    r.hook_procs.iter().max().copied().unwrap_or(0)
+                ),
+                format!("{:.2}×", b / a),
+                "≤ 1.5×",
+                yes(b / a <= 1.5),
+            );
+        }
+    }
+    report.note(format!(
+        "2/3: wall time = spawn until the program's last stdout line is read (median of \
+         {runs} interleaved runs, after one warm-up of each). forkhook runs use the launcher \
+         (`forkhook -e lua|py -- ...`). Python: the interpreter binary is run directly (not \
+         the pyenv shim), PYTHONDONTWRITEBYTECODE unset so the warm-up writes .pyc files and \
+         the measured runs use them (CPython then only stats each .py), PYTHONUNBUFFERED=1 \
+         for both plain and forkhook runs (the launcher would set it anyway). Memory: sum of \
+         `Pss:` of the session's processes (coordinator + checkpoints) after `run exited`, \
+         vs ru_maxrss of the plain run (wait4)."
+    ));
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------ 4. scale
+
+fn inotify_limits() -> String {
+    let read = |n: &str| {
+        fs::read_to_string(format!("/proc/sys/fs/inotify/{n}"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into())
+    };
+    format!(
+        "max_user_watches={}, max_user_instances={}",
+        read("max_user_watches"),
+        read("max_user_instances")
+    )
+}
+
+fn scenario_scale(o: &Opts, report: &mut Report) -> Res<()> {
+    eprintln!("4. scale: 10,000 files in 100 directories");
+    let dir = TempDir::new("scale")?;
+    dir.write(
+        "main.lua",
+        "local sum = 0\n\
+         for d = 0, 99 do\n\
+         \x20 for f = 0, 99 do\n\
+         \x20   sum = sum + dofile(string.format(\"d%02d/f%03d.lua\", d, f))\n\
+         \x20 end\n\
+         end\n\
+         print(\"MARK \" .. sum)\n",
+    )?;
+    for d in 0..100 {
+        for f in 0..100 {
+            dir.write(format!("d{d:02}/f{f:03}.lua"), "return 1\n")?;
+        }
+    }
+    let mut restart = Vec::new();
+    for _ in 0..o.pick(5, 2) {
+        let mut p = Proc::spawn(
+            "plain lua5.4 main.lua (scale)",
+            plain(&["lua5.4", "main.lua"]).current_dir(&dir.path),
+        )?;
+        let line = p.wait_out(|t| t.starts_with("MARK"))?;
+        restart.push(ms(line.at - p.started));
+        p.wait_exit()?;
+    }
+    let mut s = Proc::spawn(
+        "forkhook (scale)",
+        forkhook("lua", &["lua5.4", "main.lua"]).current_dir(&dir.path),
+    )?;
+    let first = s.wait_out(|t| t == "MARK 10000")?;
+    let first_run = ms(first.at - s.started);
+    let exited = s.wait_run_exited()?;
+    let watching = exited
+        .text
+        .split("watching ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or("?")
+        .to_string();
+    let processes = s.tree().len();
+    let edited = dir.join("d99/f099.lua");
+    let edits = o.pick(20, 8);
+    let mut stray = 0;
+    let lat = edit_latencies(
+        &mut s,
+        &edited,
+        Save::InPlace,
+        edits,
+        |n| format!("return {}\n", 1 + n),
+        |n| format!("MARK {}", 10000 + n),
+        &mut stray,
+    )?;
+    let complaints: Vec<String> = s
+        .transcript
+        .iter()
+        .filter(|l| l.starts_with("err|") && (l.contains("inotify") || l.contains("error")))
+        .cloned()
+        .collect();
+    drop(s);
+    let (med, p90) = (median(&lat), percentile(&lat, 90.0));
+    let restart_median = median(&restart);
+    report.row(
+        &format!("4. scale: 10,000 files / 100 dirs, edit of the last file, {edits} edits"),
+        format!("full restart {}", fmt_ms(restart_median)),
+        format!("median {}, p90 {}", fmt_ms(med), fmt_ms(p90)),
+        format!("{:.3}×", med / restart_median),
+        "works in default inotify limits; median ≤ 10 ms",
+        yes(complaints.is_empty() && watching != "?" && med <= 10.0),
+    );
+    report.note(format!(
+        "4: the session reported watching {watching} files, {processes} processes after the \
+         first run (coordinator + checkpoints), first run {} (plain {}); inotify limits here: \
+         {}; forkhook errors/warnings: {}.",
+        fmt_ms(first_run),
+        fmt_ms(restart_median),
+        inotify_limits(),
+        if complaints.is_empty() {
+            "none".to_string()
+        } else {
+            complaints.join(" / ")
+        }
+    ));
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------ 5. hook cost
+
+const STAT_BENCH_C: &str = r#"
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e9 + t.tv_nsec;
+}
+
+/* statbench MODE N ROUNDS: MODE rel|abs (paths that do not match the filter and do
+   not exist) or tracked (one matching file, the same path every time). */
+int main(int argc, char **argv) {
+    if (argc < 4) return 2;
+    const char *mode = argv[1];
+    long n = atol(argv[2]);
+    int rounds = atoi(argv[3]);
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd)) return 3;
+    char **paths = malloc(n * sizeof *paths);
+    for (long i = 0; i < n; i++) {
+        int r = 0;
+        if (!strcmp(mode, "rel")) r = asprintf(&paths[i], "nomatch/d%ld/file%06ld.txt", i % 100, i);
+        else if (!strcmp(mode, "abs")) r = asprintf(&paths[i], "%s/nomatch/d%ld/file%06ld.txt", cwd, i % 100, i);
+        else paths[i] = "tracked.lua";
+        if (r < 0) return 4;
+    }
+    struct stat st;
+    long ok = 0;
+    /* The first access to the tracked file (it starts the session) is not timed. */
+    ok += stat("tracked.lua", &st) == 0;
+    for (int r = 0; r < rounds; r++) {
+        double t0 = now_ns();
+        for (long i = 0; i < n; i++) ok += stat(paths[i], &st) == 0;
+        double t1 = now_ns();
+        printf("round %.2f\n", (t1 - t0) / n);
+        fflush(stdout);
+    }
+    printf("done %ld\n", ok);
+    fflush(stdout);
+    return 0;
+}
+"#;
+
+fn library_path() -> Res<String> {
+    let out = clean(FORKHOOK)
+        .arg("--print-library")
+        .output()
+        .map_err(|e| format!("cannot run {FORKHOOK}: {e}"))?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || path.is_empty() {
+        return Err(format!("`forkhook --print-library` failed: {}", out.status));
+    }
+    Ok(path)
+}
+
+struct StatRuns {
+    per_call: Vec<f64>,
+    wall: Vec<f64>,
+}
+
+fn run_statbench(dir: &TempDir, mode: &str, n: usize, rounds: usize, library: Option<&str>) -> Res<(Vec<f64>, f64)> {
+    let bin = dir.join("statbench");
+    let mut cmd = clean(&bin);
+    cmd.args([mode, &n.to_string(), &rounds.to_string()])
+        .current_dir(&dir.path);
+    if let Some(lib) = library {
+        cmd.env("LD_PRELOAD", lib).env("FORKHOOK_FILTER", r"\.lua$");
+    }
+    let label = format!("statbench {mode} ({})", if library.is_some() { "preloaded" } else { "plain" });
+    let mut p = Proc::spawn(&label, &mut cmd)?;
+    let mut per_call = Vec::new();
+    loop {
+        let line = p.wait_out(|_| true)?;
+        if let Some(v) = line.text.strip_prefix("round ") {
+            per_call.push(v.parse::<f64>().map_err(|e| p.fail(&format!("bad line: {e}")))?);
+        } else if line.text.starts_with("done") {
+            let wall = ms(line.at - p.started);
+            if library.is_none() || mode != "tracked" {
+                p.wait_exit()?;
+            }
+            return Ok((per_call, wall));
+        }
+    }
+}
+
+fn scenario_hook(o: &Opts, report: &mut Report) -> Res<()> {
+    eprintln!("5. hook cost");
+    let dir = TempDir::new("hook")?;
+    let source = dir.write("statbench.c", STAT_BENCH_C)?;
+    dir.write("tracked.lua", "return 1\n")?;
+    let out = Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(dir.join("statbench"))
+        .arg(&source)
+        .output()
+        .map_err(|e| format!("cannot run gcc: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("gcc failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let library = library_path()?;
+    let (n, rounds, runs) = (100_000, 5, o.pick(7, 3));
+    for (mode, what) in [
+        ("rel", "stat of 100,000 non-matching relative paths"),
+        ("abs", "stat of 100,000 non-matching absolute paths"),
+        ("tracked", "stat of one tracked file (relative name) 100,000 times"),
+    ] {
+        let mut plain_r = StatRuns { per_call: vec![], wall: vec![] };
+        let mut hook_r = StatRuns { per_call: vec![], wall: vec![] };
+        run_statbench(&dir, mode, n, 1, Some(&library))?; // warm-up
+        for _ in 0..runs {
+            let (pc, wall) = run_statbench(&dir, mode, n, rounds, None)?;
+            plain_r.per_call.extend(pc);
+            plain_r.wall.push(wall);
+            let (pc, wall) = run_statbench(&dir, mode, n, rounds, Some(&library))?;
+            hook_r.per_call.extend(pc);
+            hook_r.wall.push(wall);
+        }
+        let (a, b) = (median(&plain_r.per_call), median(&hook_r.per_call));
+        report.row(
+            &format!("5. hook cost per call: {what}"),
+            format!("{a:.0} ns/call"),
+            format!("{b:.0} ns/call (+{:.0} ns)", b - a),
+            format!("{:.2}×", b / a),
+            "< 1 µs per call",
+            yes(b - a < 1000.0),
+        );
+        let (a, b) = (median(&plain_r.wall), median(&hook_r.wall));
+        report.row(
+            &format!("5. hook cost, whole program ({rounds}×100,000 stats): {mode}"),
+            fmt_ms(a),
+            fmt_ms(b),
+            format!("{:.3}×", b / a),
+            "≤ 1.05×",
+            yes(b / a <= 1.05),
+        );
+    }
+    report.note(format!(
+        "5: a C program (gcc -O2) times its own loop of stat() calls with \
+         clock_gettime; ns/call is the median over {runs} runs × {rounds} rounds, whole program \
+         = spawn until its last line (median of {runs}). Preloaded = LD_PRELOAD=$(forkhook \
+         --print-library) FORKHOOK_FILTER='\\.lua$' (no launcher exec in between)."
+    ));
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------ main
+
+fn main() {
+    let o = Opts::from_env();
+    let began = Instant::now();
+    let mut report = Report {
+        rows: vec![],
+        notes: vec![],
+    };
+    eprintln!(
+        "forkhook benchmarks{} on {}",
+        if o.quick { " (quick)" } else { "" },
+        machine()
+    );
+    type Scenario = fn(&Opts, &mut Report) -> Res<()>;
+    let overhead = o.wants("overhead");
+    let memory = o.wants("memory");
+    let scenarios: [(&str, bool, Scenario); 4] = [
+        ("latency", o.wants("latency"), scenario_latency),
+        ("overhead/memory", overhead || memory, |o, r| {
+            scenario_projects(o, r, o.wants("overhead"), o.wants("memory"))
+        }),
+        ("scale", o.wants("scale"), scenario_scale),
+        ("hook", o.wants("hook"), scenario_hook),
+    ];
+    let mut failed = 0;
+    for (name, wanted, run) in scenarios {
+        if !wanted {
+            continue;
+        }
+        if let Err(e) = run(&o, &mut report) {
+            failed += 1;
+            eprintln!("scenario {name} failed:\n{e}");
+            report.note(format!("scenario {name} FAILED: {}", e.lines().next().unwrap_or("")));
+        }
+    }
+    println!("\nforkhook benchmarks on {}", machine());
+    report.print();
+    println!(
+        "\n({} in total{})",
+        fmt_ms(ms(began.elapsed())),
+        if o.quick { ", FORKHOOK_BENCH_QUICK" } else { "" }
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
