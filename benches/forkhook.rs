@@ -457,7 +457,15 @@ struct Report {
 }
 
 impl Report {
-    fn row(&mut self, scenario: &str, plain: String, forkhook: String, ratio: String, target: &str, met: String) {
+    fn row(
+        &mut self,
+        scenario: &str,
+        plain: String,
+        forkhook: String,
+        ratio: String,
+        target: &str,
+        met: String,
+    ) {
         let row = Row {
             scenario: scenario.to_string(),
             plain,
@@ -531,7 +539,10 @@ impl Save {
         match self {
             Save::InPlace => fs::write(path, contents).map_err(err)?,
             Save::Rename => {
-                let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default();
                 let temp = path.with_file_name(format!(".{name}.bench-tmp"));
                 fs::write(&temp, contents).map_err(err)?;
                 fs::rename(&temp, path).map_err(err)?;
@@ -622,6 +633,12 @@ fn scenario_latency(o: &Opts, report: &mut Report) -> Res<()> {
         )?;
         drop(s);
         dir.write("mod.lua", "print(\"MARK 0\")\n")?;
+        if stray > 0 {
+            report.note(format!(
+                "1 ({}): {stray} other stdout line(s) arrived before an expected marker",
+                save.name()
+            ));
+        }
         let (med, p90) = (median(&lat), percentile(&lat, 90.0));
         report.row(
             &format!("1. edit → new output ({}), {edits} edits", save.name()),
@@ -920,6 +937,11 @@ fn scenario_scale(o: &Opts, report: &mut Report) -> Res<()> {
         "works in default inotify limits; median ≤ 10 ms",
         yes(complaints.is_empty() && watching != "?" && med <= 10.0),
     );
+    if stray > 0 {
+        report.note(format!(
+            "4: {stray} other stdout line(s) arrived before an expected marker"
+        ));
+    }
     report.note(format!(
         "4: the session reported watching {watching} files, {processes} processes after the \
          first run (coordinator + checkpoints), first run {} (plain {}); inotify limits here: \
@@ -1004,7 +1026,13 @@ struct StatRuns {
     wall: Vec<f64>,
 }
 
-fn run_statbench(dir: &TempDir, mode: &str, n: usize, rounds: usize, library: Option<&str>) -> Res<(Vec<f64>, f64)> {
+fn run_statbench(
+    dir: &TempDir,
+    mode: &str,
+    n: usize,
+    rounds: usize,
+    library: Option<&str>,
+) -> Res<(Vec<f64>, f64)> {
     let bin = dir.join("statbench");
     let mut cmd = clean(&bin);
     cmd.args([mode, &n.to_string(), &rounds.to_string()])
@@ -1012,13 +1040,23 @@ fn run_statbench(dir: &TempDir, mode: &str, n: usize, rounds: usize, library: Op
     if let Some(lib) = library {
         cmd.env("LD_PRELOAD", lib).env("FORKHOOK_FILTER", r"\.lua$");
     }
-    let label = format!("statbench {mode} ({})", if library.is_some() { "preloaded" } else { "plain" });
+    let label = format!(
+        "statbench {mode} ({})",
+        if library.is_some() {
+            "preloaded"
+        } else {
+            "plain"
+        }
+    );
     let mut p = Proc::spawn(&label, &mut cmd)?;
     let mut per_call = Vec::new();
     loop {
         let line = p.wait_out(|_| true)?;
         if let Some(v) = line.text.strip_prefix("round ") {
-            per_call.push(v.parse::<f64>().map_err(|e| p.fail(&format!("bad line: {e}")))?);
+            per_call.push(
+                v.parse::<f64>()
+                    .map_err(|e| p.fail(&format!("bad line: {e}")))?,
+            );
         } else if line.text.starts_with("done") {
             let wall = ms(line.at - p.started);
             if library.is_none() || mode != "tracked" {
@@ -1041,17 +1079,29 @@ fn scenario_hook(o: &Opts, report: &mut Report) -> Res<()> {
         .output()
         .map_err(|e| format!("cannot run gcc: {e}"))?;
     if !out.status.success() {
-        return Err(format!("gcc failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "gcc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let library = library_path()?;
     let (n, rounds, runs) = (100_000, 5, o.pick(7, 3));
     for (mode, what) in [
         ("rel", "stat of 100,000 non-matching relative paths"),
         ("abs", "stat of 100,000 non-matching absolute paths"),
-        ("tracked", "stat of one tracked file (relative name) 100,000 times"),
+        (
+            "tracked",
+            "stat of one tracked file (relative name) 100,000 times",
+        ),
     ] {
-        let mut plain_r = StatRuns { per_call: vec![], wall: vec![] };
-        let mut hook_r = StatRuns { per_call: vec![], wall: vec![] };
+        let mut plain_r = StatRuns {
+            per_call: vec![],
+            wall: vec![],
+        };
+        let mut hook_r = StatRuns {
+            per_call: vec![],
+            wall: vec![],
+        };
         run_statbench(&dir, mode, n, 1, Some(&library))?; // warm-up
         for _ in 0..runs {
             let (pc, wall) = run_statbench(&dir, mode, n, rounds, None)?;
@@ -1122,7 +1172,10 @@ fn main() {
         if let Err(e) = run(&o, &mut report) {
             failed += 1;
             eprintln!("scenario {name} failed:\n{e}");
-            report.note(format!("scenario {name} FAILED: {}", e.lines().next().unwrap_or("")));
+            report.note(format!(
+                "scenario {name} FAILED: {}",
+                e.lines().next().unwrap_or("")
+            ));
         }
     }
     println!("\nforkhook benchmarks on {}", machine());
@@ -1130,7 +1183,11 @@ fn main() {
     println!(
         "\n({} in total{})",
         fmt_ms(ms(began.elapsed())),
-        if o.quick { ", FORKHOOK_BENCH_QUICK" } else { "" }
+        if o.quick {
+            ", FORKHOOK_BENCH_QUICK"
+        } else {
+            ""
+        }
     );
     if failed > 0 {
         std::process::exit(1);

@@ -26,6 +26,7 @@ use crate::sys::{self, Fork, Pid, SignalSet};
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// What a run knows about its session. Lives in the run's memory, so a resumed run
@@ -75,6 +76,16 @@ impl SessionState {
 
     fn elapsed_ns(&self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
+    }
+}
+
+/// Terminal settings at session start, inherited by every checkpoint: a run killed
+/// while it had the terminal in raw or no-echo mode must not leave it so.
+static TERMINAL: OnceLock<sys::Termios> = OnceLock::new();
+
+pub(crate) fn restore_terminal() {
+    if let Some(settings) = TERMINAL.get() {
+        sys::tcsetattr(0, settings);
     }
 }
 
@@ -163,7 +174,9 @@ fn start_session() -> io::Result<SessionState> {
     let member_end = sys::move_high(member_end)?;
     let up_inode = sys::fstat(member_end.as_raw_fd())?.ino;
     hook::mark_session_started();
-    let terminal = sys::tcgetattr(0);
+    if let Some(settings) = sys::tcgetattr(0) {
+        let _ = TERMINAL.set(settings);
+    }
     match sys::fork()? {
         Fork::Child => {
             drop(coordinator_end);
@@ -178,9 +191,9 @@ fn start_session() -> io::Result<SessionState> {
                 depth: 0,
             })
         }
-        Fork::Parent(child) => {
+        Fork::Parent(_) => {
             drop(member_end);
-            coordinator::run(coordinator_end, child, terminal)
+            coordinator::run(coordinator_end)
         }
     }
 }
@@ -359,6 +372,7 @@ impl Parked {
                     continue;
                 };
                 end_descendants(me);
+                restore_terminal();
                 epoch = new_epoch;
                 let began = Instant::now();
                 match self.fork_run(epoch, &program_mask, &sigchld) {

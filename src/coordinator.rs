@@ -14,7 +14,7 @@ use crate::fingerprint::Fingerprint;
 use crate::hook;
 use crate::protocol::{Down, Up, MAX_UP_LEN};
 use crate::report::{display_path, human, signal_name, Reporter};
-use crate::sys::{self, Exit, InotifyEvent, Pid, Termios};
+use crate::sys::{self, Exit, InotifyEvent, Pid};
 use crate::timeline::{Checkpoint, Resume, Timeline};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -89,12 +89,10 @@ struct Coordinator {
     /// What the next RunStarted skipped (set when a resume is ordered).
     next_skipped: Duration,
     runs_started: u64,
-    terminal: Option<Termios>,
 }
 
-/// Becomes the coordinator. `first` is the forked child that carries on as the
-/// program; `terminal` the terminal settings at session start.
-pub(crate) fn run(sock: OwnedFd, first: Pid, terminal: Option<Termios>) -> ! {
+/// Becomes the coordinator, talking to the session's processes over `sock`.
+pub(crate) fn run(sock: OwnedFd) -> ! {
     let Some(settings) = hook::settings() else {
         sys::exit_now(1)
     };
@@ -124,7 +122,6 @@ pub(crate) fn run(sock: OwnedFd, first: Pid, terminal: Option<Termios>) -> ! {
             None
         }
     };
-    let _ = first;
     let mut coordinator = Coordinator {
         settings,
         report,
@@ -148,7 +145,6 @@ pub(crate) fn run(sock: OwnedFd, first: Pid, terminal: Option<Termios>) -> ! {
         run: None,
         next_skipped: Duration::ZERO,
         runs_started: 0,
-        terminal,
     };
     coordinator.serve()
 }
@@ -525,7 +521,6 @@ impl Coordinator {
         self.run = None;
         self.next_skipped = checkpoint.elapsed;
         self.awaiting_until = Some(Instant::now() + AWAIT_LIMIT);
-        self.restore_terminal();
         if self.settings.hold_after_resume > Duration::ZERO {
             self.hold_until = Some(Instant::now() + self.settings.hold_after_resume);
         }
@@ -590,9 +585,7 @@ impl Coordinator {
     }
 
     fn restore_terminal(&self) {
-        if let Some(t) = &self.terminal {
-            sys::tcsetattr(0, t);
-        }
+        crate::checkpoint::restore_terminal();
     }
 
     fn show(&self, path: &Path) -> String {

@@ -171,7 +171,8 @@ pub fn at_exit() {
     let (Some(settings), Some(&(launched, _))) = (SETTINGS.get(), LAUNCHED.get()) else {
         return;
     };
-    if launched != sys::getpid() || process().as_ref().is_some_and(|p| p.session.is_some()) {
+    // Something matched (it may have been skipped, with a warning said then).
+    if launched != sys::getpid() || process().as_ref().is_some_and(|p| !p.seen.is_empty()) {
         return;
     }
     let mut mark = [0u8; 1];
