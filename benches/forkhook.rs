@@ -180,6 +180,8 @@ struct Proc {
     started: Instant,
     lines: Receiver<Line>,
     transcript: Vec<String>,
+    /// `[forkhook] run ... watching` lines read so far.
+    runs_ended: usize,
     exited: Option<Exited>,
 }
 
@@ -209,6 +211,10 @@ fn reader(stream: impl Read + Send + 'static, err: bool, tx: Sender<Line>) {
     });
 }
 
+fn is_run_end(l: &Line) -> bool {
+    l.err && l.text.contains("[forkhook] run ") && l.text.contains("watching")
+}
+
 impl Proc {
     fn spawn(label: &str, cmd: &mut Command) -> Res<Proc> {
         cmd.stdin(Stdio::null())
@@ -232,6 +238,7 @@ impl Proc {
             started,
             lines: rx,
             transcript: Vec::new(),
+            runs_ended: 0,
             exited: None,
         })
     }
@@ -252,6 +259,9 @@ impl Proc {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
+                    if is_run_end(&line) {
+                        self.runs_ended += 1;
+                    }
                     self.transcript.push(format!(
                         "{} {}",
                         if line.err { "err|" } else { "out|" },
@@ -275,10 +285,18 @@ impl Proc {
         self.wait_line("a line on stdout", |l| !l.err && want(&l.text))
     }
 
+    /// Waits for the next end of a run the coordinator reports, and returns its line.
     fn wait_run_exited(&mut self) -> Res<Line> {
-        self.wait_line("`run exited`", |l| {
-            l.err && l.text.contains("[forkhook] run ") && l.text.contains("watching")
-        })
+        self.wait_line("`run exited`", is_run_end)
+    }
+
+    /// Waits until the coordinator has reported `count` ends of runs in all (lines
+    /// consumed while waiting for something else count too).
+    fn wait_runs_ended(&mut self, count: usize) -> Res<()> {
+        while self.runs_ended < count {
+            self.wait_run_exited()?;
+        }
+        Ok(())
     }
 
     /// Waits for the process to exit (it must end by itself), with its peak RSS.
@@ -568,6 +586,7 @@ fn edit_latencies(
     for n in 1..=edits {
         // A little quiet between edits, so each one is a separate burst.
         thread::sleep(Duration::from_millis(20));
+        let ended = session.runs_ended;
         let done = save.save(file, &content(n))?;
         let want = expect(n);
         let strays = Cell::new(0usize);
@@ -584,7 +603,7 @@ fn edit_latencies(
         })?;
         out.push(ms(line.at.saturating_duration_since(done)));
         *stray += strays.get();
-        session.wait_run_exited()?;
+        session.wait_runs_ended(ended + 1)?;
     }
     Ok(out)
 }

@@ -199,15 +199,13 @@ fn start_session() -> io::Result<SessionState> {
 }
 
 /// Checkpoints are spent under a budget: a share of the run's time (a big process
-/// pays milliseconds per fork, and more in copy-on-write faults afterwards) and a
-/// count. A file without its own checkpoint resumes from the newest one before it,
-/// which is still before its first access.
+/// pays milliseconds per fork, and more in copy-on-write faults afterwards). A file
+/// without its own checkpoint resumes from the newest one before it, which is still
+/// before its first access. (The count is kept by the coordinator, which retires
+/// checkpoints past it.)
 fn within_budget(session: &SessionState, settings: &crate::config::Settings) -> bool {
     if session.depth == 0 {
         return true;
-    }
-    if session.depth >= settings.budget.max_checkpoints {
-        return false;
     }
     let elapsed = session.origin.elapsed().as_secs_f64();
     let next = session.spent + session.last_cost;
@@ -324,6 +322,10 @@ impl Parked {
         };
         // Before the first fork, so even what the first run spawns stays below us.
         let _ = sys::set_child_subreaper();
+        // This process was a run, which dies with its parent. A checkpoint must not:
+        // retiring the one above it reparents it, and it learns of the coordinator's
+        // end from its order pipe instead.
+        let _ = sys::set_parent_death_signal(0);
         let mut epoch = self.session.epoch;
         let mut run = match self.fork_run(epoch, &program_mask, &sigchld) {
             Ok(Fork::Parent(pid)) => pid,
@@ -331,6 +333,10 @@ impl Parked {
             Err(e) => {
                 drop(sigchld);
                 program_mask.set_mask();
+                if self.session.depth > 0 {
+                    // Still the run it was: it dies with its checkpoint again.
+                    let _ = sys::set_parent_death_signal(libc::SIGKILL);
+                }
                 return Err(e);
             }
         };
@@ -368,8 +374,10 @@ impl Parked {
                         sys::exit_now(0);
                     }
                 }
-                let Ok(Down::Resume { epoch: new_epoch }) = Down::decode(&buf) else {
-                    continue;
+                let new_epoch = match Down::decode(&buf) {
+                    Ok(Down::Resume { epoch }) => epoch,
+                    Ok(Down::Retire) => sys::exit_now(0),
+                    Err(_) => continue,
                 };
                 end_descendants(me);
                 restore_terminal();

@@ -219,6 +219,7 @@ impl Coordinator {
                     file,
                     elapsed: Duration::from_nanos(elapsed_ns),
                 });
+                self.enforce_checkpoint_count();
             }
             Up::Access {
                 epoch,
@@ -535,6 +536,31 @@ impl Coordinator {
             "{} changed: resuming from checkpoint {} (before {before}){skip}",
             names.join(", "),
             index + 1,
+        ));
+    }
+
+    /// Keeps at most FORKHOOK_MAX_CHECKPOINTS alive, retiring those that add least.
+    fn enforce_checkpoint_count(&mut self) {
+        let max = self.settings.budget.max_checkpoints.max(2);
+        while self.timeline.checkpoints().len() > max {
+            let Some(index) = self.timeline.least_needed() else {
+                return;
+            };
+            self.retire(index);
+        }
+    }
+
+    /// Lets checkpoint `index` go: its files resume from the one before it.
+    fn retire(&mut self, index: usize) {
+        let checkpoint = self.timeline.checkpoints()[index].clone();
+        if let Some(fd) = self.orders.remove(&checkpoint.pid) {
+            let _ = sys::write_all(fd.as_raw_fd(), &Down::Retire.encode());
+        }
+        self.timeline.checkpoint_lost(checkpoint.pid);
+        self.report.detail(&format!(
+            "retired the checkpoint before {} ({} in): a change to it resumes from the one before",
+            self.show(&checkpoint.file),
+            human(checkpoint.elapsed)
         ));
     }
 

@@ -54,6 +54,10 @@ pub enum Up {
 pub enum Down {
     /// End everything below you, then fork a fresh run that carries `epoch`.
     Resume { epoch: u64 },
+    /// Leave, and leave everything below you alone: it reparents to the checkpoint
+    /// above (a subreaper). Frees this checkpoint's memory; its files resume from the
+    /// one above, which also precedes them.
+    Retire,
 }
 
 pub const DOWN_LEN: usize = 9;
@@ -160,10 +164,14 @@ impl Up {
 
 impl Down {
     pub fn encode(&self) -> [u8; DOWN_LEN] {
-        let Down::Resume { epoch } = self;
         let mut out = [0u8; DOWN_LEN];
-        out[0] = 1;
-        out[1..].copy_from_slice(&epoch.to_le_bytes());
+        match self {
+            Down::Resume { epoch } => {
+                out[0] = 1;
+                out[1..].copy_from_slice(&epoch.to_le_bytes());
+            }
+            Down::Retire => out[0] = 2,
+        }
         out
     }
 
@@ -172,6 +180,7 @@ impl Down {
             [1, epoch @ ..] if epoch.len() == 8 => Ok(Down::Resume {
                 epoch: u64::from_le_bytes(epoch.try_into().map_err(|_| Malformed)?),
             }),
+            [2, rest @ ..] if rest.len() == 8 => Ok(Down::Retire),
             _ => Err(Malformed),
         }
     }
@@ -275,7 +284,8 @@ mod tests {
 
     #[test]
     fn down_round_trips() {
-        let d = Down::Resume { epoch: 77 };
-        assert_eq!(Down::decode(&d.encode()), Ok(d));
+        for d in [Down::Resume { epoch: 77 }, Down::Retire] {
+            assert_eq!(Down::decode(&d.encode()), Ok(d));
+        }
     }
 }

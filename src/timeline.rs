@@ -152,6 +152,14 @@ impl Timeline {
         gone
     }
 
+    /// The checkpoint to retire when there are too many: the one whose loss leaves the
+    /// smallest gap in time into the run, so resume points stay spread over it. The
+    /// oldest (the program's start) and the newest (the run's parent) always stay.
+    pub fn least_needed(&self) -> Option<usize> {
+        let c = &self.checkpoints;
+        (1..c.len().saturating_sub(1)).min_by_key(|&i| c[i + 1].elapsed - c[i - 1].elapsed)
+    }
+
     /// A checkpoint vanished (its fork failed, or it died). Its files resume from the
     /// one before it, which also precedes their first access; with none before it,
     /// they are no longer watched. Returns how many files were dropped.
@@ -317,6 +325,24 @@ mod tests {
         t.resumed(1, &[("/p/b.lua".into(), fp(4))]);
         t.stop_awaiting();
         assert!(!t.is_awaiting(Path::new("/p/b.lua")));
+    }
+
+    #[test]
+    fn the_checkpoint_retired_first_is_the_one_leaving_the_smallest_gap() {
+        let mut t = timeline(); // at 0, 500 and 900 ms
+        assert_eq!(t.least_needed(), Some(1), "only the middle one may go");
+        t.checkpoint_taken(Checkpoint {
+            pid: 40,
+            file: "/p/e.lua".into(),
+            elapsed: Duration::from_millis(1000),
+        });
+        // Without 500: gap 0..900; without 900: gap 500..1000, the smaller.
+        assert_eq!(t.least_needed(), Some(2));
+        let mut short = Timeline::default();
+        assert_eq!(short.least_needed(), None);
+        short.checkpoint_taken(t.checkpoints()[0].clone());
+        short.checkpoint_taken(t.checkpoints()[1].clone());
+        assert_eq!(short.least_needed(), None, "first and newest stay");
     }
 
     #[test]
