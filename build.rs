@@ -34,6 +34,8 @@ fn main() {
         .arg("--target-dir")
         .arg(&target_dir)
         .env("FORKHOOK_NESTED_BUILD", "1")
+        // Symbol names stay (for profilers); debug info would triple the binary.
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
         // Lints and wrappers of the outer command (clippy) are not for this build.
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CLIPPY_ARGS")

@@ -182,6 +182,7 @@ struct Proc {
     transcript: Vec<String>,
     /// `[forkhook] run ... watching` lines read so far.
     runs_ended: usize,
+    last_run_end: String,
     exited: Option<Exited>,
 }
 
@@ -239,6 +240,7 @@ impl Proc {
             lines: rx,
             transcript: Vec::new(),
             runs_ended: 0,
+            last_run_end: String::new(),
             exited: None,
         })
     }
@@ -261,6 +263,7 @@ impl Proc {
                 Ok(line) => {
                     if is_run_end(&line) {
                         self.runs_ended += 1;
+                        self.last_run_end = line.text.clone();
                     }
                     self.transcript.push(format!(
                         "{} {}",
@@ -285,18 +288,13 @@ impl Proc {
         self.wait_line("a line on stdout", |l| !l.err && want(&l.text))
     }
 
-    /// Waits for the next end of a run the coordinator reports, and returns its line.
-    fn wait_run_exited(&mut self) -> Res<Line> {
-        self.wait_line("`run exited`", is_run_end)
-    }
-
     /// Waits until the coordinator has reported `count` ends of runs in all (lines
-    /// consumed while waiting for something else count too).
-    fn wait_runs_ended(&mut self, count: usize) -> Res<()> {
+    /// consumed while waiting for something else count too); returns the last such line.
+    fn wait_runs_ended(&mut self, count: usize) -> Res<String> {
         while self.runs_ended < count {
-            self.wait_run_exited()?;
+            self.wait_line("`run exited`", is_run_end)?;
         }
-        Ok(())
+        Ok(self.last_run_end.clone())
     }
 
     /// Waits for the process to exit (it must end by itself), with its peak RSS.
@@ -639,7 +637,7 @@ fn scenario_latency(o: &Opts, report: &mut Report) -> Res<()> {
             forkhook("lua", &["lua5.4", "main.lua"]).current_dir(&dir.path),
         )?;
         s.wait_out(|t| t == "MARK 0")?;
-        s.wait_run_exited()?;
+        s.wait_runs_ended(1)?;
         let mut stray = 0;
         let lat = edit_latencies(
             &mut s,
@@ -790,7 +788,7 @@ fn run_project(p: &Project, runs: usize) -> Res<ProjectRuns> {
         w.wait_exit()?;
         let mut w = Proc::spawn("warm-up forkhook", &mut hook_cmd())?;
         w.wait_out(|t| t.starts_with("done"))?;
-        w.wait_run_exited()?;
+        w.wait_runs_ended(1)?;
     }
     let mut r = ProjectRuns {
         plain_wall: vec![],
@@ -814,7 +812,7 @@ fn run_project(p: &Project, runs: usize) -> Res<ProjectRuns> {
         let mut s = Proc::spawn(&format!("forkhook {}", p.name), &mut hook_cmd())?;
         let done = s.wait_out(|t| t.starts_with("done"))?;
         r.hook_wall.push(ms(done.at - s.started));
-        s.wait_run_exited()?;
+        s.wait_runs_ended(1)?;
         let tree = s.tree();
         r.hook_pss
             .push(tree.iter().filter_map(|&pid| pss_kib(pid)).sum::<u64>() as f64);
@@ -918,9 +916,8 @@ fn scenario_scale(o: &Opts, report: &mut Report) -> Res<()> {
     )?;
     let first = s.wait_out(|t| t == "MARK 10000")?;
     let first_run = ms(first.at - s.started);
-    let exited = s.wait_run_exited()?;
+    let exited = s.wait_runs_ended(1)?;
     let watching = exited
-        .text
         .split("watching ")
         .nth(1)
         .and_then(|t| t.split_whitespace().next())

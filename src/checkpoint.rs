@@ -354,11 +354,17 @@ impl Parked {
                 .unwrap_or_else(|_| vec![false, false]);
             if ready[1] {
                 sys::read_signals(sigchld.as_raw_fd());
-                while let Ok(Some((pid, status))) = sys::wait_any(false) {
+                while let Ok(Some((pid, status, peak_memory))) = sys::wait_any_with_peak(false) {
                     if pid == run {
-                        let _ = self
-                            .session
-                            .send(&Up::RunEnded { epoch, pid, status }, None);
+                        let _ = self.session.send(
+                            &Up::RunEnded {
+                                epoch,
+                                pid,
+                                status,
+                                peak_memory,
+                            },
+                            None,
+                        );
                         run = 0;
                     }
                 }

@@ -26,6 +26,9 @@ pub struct Budget {
     pub time_share: f64,
     /// Most checkpoints alive at once.
     pub max_checkpoints: usize,
+    /// Memory the session may hold beyond the run's own peak, as a share of it: past
+    /// it, checkpoints are retired (their private copies are what grows).
+    pub memory_share: f64,
 }
 
 #[derive(Debug)]
@@ -149,6 +152,19 @@ impl Settings {
                 }
             },
         };
+        let memory_share = match text("FORKHOOK_MEMORY_SHARE") {
+            None => DEFAULT_MEMORY_SHARE,
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(x) if x >= 0.0 && x.is_finite() => x,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        variable: "FORKHOOK_MEMORY_SHARE",
+                        value: v,
+                        expected: "a number of at least 0, e.g. 0.5",
+                    })
+                }
+            },
+        };
         let max_checkpoints = match text("FORKHOOK_MAX_CHECKPOINTS") {
             None => DEFAULT_MAX_CHECKPOINTS,
             Some(v) => match v.trim().parse::<usize>() {
@@ -174,6 +190,7 @@ impl Settings {
             budget: Budget {
                 time_share,
                 max_checkpoints,
+                memory_share,
             },
         })
     }
@@ -182,6 +199,7 @@ impl Settings {
 pub const DEFAULT_SETTLE_MS: u64 = 3;
 pub const DEFAULT_TIME_SHARE: f64 = 0.03;
 pub const DEFAULT_MAX_CHECKPOINTS: usize = 64;
+pub const DEFAULT_MEMORY_SHARE: f64 = 0.5;
 
 #[cfg(test)]
 mod tests {

@@ -50,6 +50,8 @@ const LOST_DIR_RETRY: Duration = Duration::from_millis(100);
 /// How long a changed file waits for the resumed run to read it before its next change
 /// is decided on anyway (a run that never gets there again, e.g. a server).
 const AWAIT_LIMIT: Duration = Duration::from_secs(5);
+/// How often the memory budget is checked while a run goes on (servers never end).
+const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// Time a run gets to end by itself on SIGTERM/SIGHUP before everything is killed.
 const STOP_GRACE: Duration = Duration::from_millis(300);
 
@@ -85,6 +87,8 @@ struct Coordinator {
     hold_until: Option<Instant>,
     /// Until then, changes to files the resumed run has yet to read wait for it.
     awaiting_until: Option<Instant>,
+    next_memory_check: Instant,
+    warned_memory: bool,
     run: Option<Run>,
     /// What the next RunStarted skipped (set when a resume is ordered).
     next_skipped: Duration,
@@ -142,6 +146,8 @@ pub(crate) fn run(sock: OwnedFd) -> ! {
         last_event: Instant::now(),
         hold_until: None,
         awaiting_until: None,
+        next_memory_check: Instant::now() + MEMORY_CHECK_EVERY,
+        warned_memory: false,
         run: None,
         next_skipped: Duration::ZERO,
         runs_started: 0,
@@ -198,6 +204,12 @@ impl Coordinator {
             self.retry_lost_dirs();
             if self.settle_due() {
                 self.decide();
+            }
+            if Instant::now() >= self.next_memory_check {
+                self.next_memory_check = Instant::now() + MEMORY_CHECK_EVERY;
+                if let Some(peak) = self.run.as_ref().and_then(|r| sys::peak_memory_of(r.pid)) {
+                    self.enforce_memory(peak);
+                }
             }
         }
     }
@@ -266,13 +278,19 @@ impl Coordinator {
                     });
                 }
             },
-            Up::RunEnded { epoch, pid, status } if epoch == self.epoch => {
+            Up::RunEnded {
+                epoch,
+                pid,
+                status,
+                peak_memory,
+            } if epoch == self.epoch => {
                 let Some(run) = self.run.take_if(|r| r.pid == pid) else {
                     return;
                 };
                 self.restore_terminal();
                 self.timeline.stop_awaiting();
                 self.report_run_end(&run, Exit::from_wait_status(status));
+                self.enforce_memory(peak_memory);
             }
             Up::CheckpointFailed { epoch, pid, errno } if epoch == self.epoch => {
                 self.orders.remove(&pid);
@@ -433,6 +451,12 @@ impl Coordinator {
         if !self.lost_dirs.is_empty() {
             timeout = Some(timeout.map_or(LOST_DIR_RETRY, |t| t.min(LOST_DIR_RETRY)));
         }
+        if self.run.is_some() {
+            let check = self
+                .next_memory_check
+                .saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(check, |t| t.min(check)));
+        }
         match timeout {
             // Round up: waking early would only spin.
             Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
@@ -547,6 +571,55 @@ impl Coordinator {
                 return;
             };
             self.retire(index);
+        }
+    }
+
+    /// The memory budget: every checkpoint shares its pages with the run until one of
+    /// them writes to a page, which then exists twice. The session's processes may hold
+    /// (1 + FORKHOOK_MEMORY_SHARE) × the run's peak resident memory, counted
+    /// proportionally (PSS); past that, the checkpoint whose own private pages are the
+    /// largest is retired.
+    fn enforce_memory(&mut self, run_peak: u64) {
+        if run_peak == 0 {
+            return;
+        }
+        let limit = (run_peak as f64 * (1.0 + self.settings.budget.memory_share)) as u64;
+        let me = sys::getpid();
+        loop {
+            let processes: Vec<Pid> = std::iter::once(me).chain(sys::descendants_of(me)).collect();
+            let total: u64 = processes
+                .iter()
+                .filter_map(|&p| sys::memory_of(p))
+                .map(|m| m.pss)
+                .sum();
+            if total <= limit {
+                return;
+            }
+            // The first checkpoint (the program's start) always stays; the newest too
+            // while it is the parent of a run.
+            let checkpoints = self.timeline.checkpoints();
+            let newest_free = usize::from(self.run.is_none());
+            let retirable = 1..(checkpoints.len() + newest_free).saturating_sub(1);
+            let victim = retirable
+                .max_by_key(|&i| sys::memory_of(checkpoints[i].pid).map_or(0, |m| m.private));
+            let Some(index) = victim else {
+                if !std::mem::replace(&mut self.warned_memory, true) {
+                    self.report.warn(&format!(
+                        "the session holds {} MiB, over its budget of {} MiB, with no checkpoint \
+                         left to retire (FORKHOOK_MEMORY_SHARE)",
+                        total >> 20,
+                        limit >> 20
+                    ));
+                }
+                return;
+            };
+            let pid = checkpoints[index].pid;
+            self.retire(index);
+            // Its memory counts until it is gone (its parent reaps it at once).
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < deadline && sys::memory_of(pid).is_some() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 

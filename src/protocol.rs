@@ -43,8 +43,13 @@ pub enum Up {
         pid: Pid,
         checkpoint: Pid,
     },
-    /// The run ended by itself (raw wait status).
-    RunEnded { epoch: u64, pid: Pid, status: i32 },
+    /// The run ended by itself (raw wait status, peak resident memory in bytes).
+    RunEnded {
+        epoch: u64,
+        pid: Pid,
+        status: i32,
+        peak_memory: u64,
+    },
     /// The checkpoint `pid` announced could not fork its run; it carries on as the
     /// run itself, and is no checkpoint.
     CheckpointFailed { epoch: u64, pid: Pid, errno: i32 },
@@ -108,11 +113,17 @@ impl Up {
                 w.extend(pid.to_le_bytes());
                 w.extend(checkpoint.to_le_bytes());
             }
-            Up::RunEnded { epoch, pid, status } => {
+            Up::RunEnded {
+                epoch,
+                pid,
+                status,
+                peak_memory,
+            } => {
                 w.push(4);
                 w.extend(epoch.to_le_bytes());
                 w.extend(pid.to_le_bytes());
                 w.extend(status.to_le_bytes());
+                w.extend(peak_memory.to_le_bytes());
             }
             Up::CheckpointFailed { epoch, pid, errno } => {
                 w.push(5);
@@ -150,6 +161,7 @@ impl Up {
                 epoch: r.u64()?,
                 pid: r.i32()?,
                 status: r.i32()?,
+                peak_memory: r.u64()?,
             },
             5 => Up::CheckpointFailed {
                 epoch: r.u64()?,
@@ -255,6 +267,7 @@ mod tests {
                 epoch: 1,
                 pid: 2,
                 status: 0x0900,
+                peak_memory: 100 << 20,
             },
             Up::CheckpointFailed {
                 epoch: 2,
@@ -273,6 +286,7 @@ mod tests {
             epoch: 1,
             pid: 2,
             status: 3,
+            peak_memory: 4,
         }
         .encode();
         for cut in 0..full.len() {

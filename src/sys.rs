@@ -467,15 +467,25 @@ impl Exit {
 /// Reaps one ended child. `Ok(None)`: with `block == false`, none has ended yet.
 /// `Err` with ECHILD: there are no children left.
 pub fn wait_any(block: bool) -> io::Result<Option<(Pid, i32)>> {
+    Ok(wait_any_with_peak(block)?.map(|(pid, status, _)| (pid, status)))
+}
+
+/// [`wait_any`], also giving the child's peak resident memory in bytes.
+pub fn wait_any_with_peak(block: bool) -> io::Result<Option<(Pid, i32, u64)>> {
     let mut status = 0;
     let flags = if block { 0 } else { libc::WNOHANG };
     loop {
-        // SAFETY: `status` is a valid out-pointer.
-        match cvt(unsafe { libc::waitpid(-1, &mut status, flags) }) {
+        let mut usage = MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: `status` and `usage` are valid out-pointers.
+        match cvt(unsafe { libc::wait4(-1, &mut status, flags, usage.as_mut_ptr()) }) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
             Ok(0) => return Ok(None),
-            Ok(pid) => return Ok(Some((pid, status))),
+            Ok(pid) => {
+                // SAFETY: zero-initialised, then filled by the kernel for a reaped child.
+                let peak_kb = unsafe { usage.assume_init() }.ru_maxrss.max(0) as u64;
+                return Ok(Some((pid, status, peak_kb * 1024)));
+            }
         }
     }
 }
@@ -599,8 +609,31 @@ pub fn thread_count() -> usize {
         .unwrap_or(1)
 }
 
-/// Resident and proportional memory of a process, in bytes, from smaps_rollup.
-pub fn memory_of(pid: Pid) -> Option<(u64, u64)> {
+/// Memory of a process, in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    pub rss: u64,
+    /// Proportional: shared pages split between the processes sharing them.
+    pub pss: u64,
+    /// Pages no other process shares: what ending this process frees.
+    pub private: u64,
+}
+
+/// Peak resident memory of a live process (VmHWM), in bytes.
+pub fn peak_memory_of(pid: Pid) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line["VmHWM:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Memory of a process, from smaps_rollup.
+pub fn memory_of(pid: Pid) -> Option<Memory> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = text.lines().find(|l| l.starts_with(name))?;
@@ -612,7 +645,11 @@ pub fn memory_of(pid: Pid) -> Option<(u64, u64)> {
             .ok()?;
         Some(kb * 1024)
     };
-    Some((field("Rss:")?, field("Pss:")?))
+    Some(Memory {
+        rss: field("Rss:")?,
+        pss: field("Pss:")?,
+        private: field("Private_Clean:")? + field("Private_Dirty:")?,
+    })
 }
 
 // ---------------------------------------------------------------- signals
