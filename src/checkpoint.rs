@@ -248,7 +248,11 @@ fn take(session: SessionState, file: &Path) -> io::Result<SessionState> {
     let orders = sys::move_high(orders)?;
     let me = sys::getpid();
     let elapsed = session.origin.elapsed();
-    session.send(
+    // This process was a run, which dies with its parent. A checkpoint must not: the
+    // coordinator may retire the one above it as soon as it hears of this one, and a
+    // checkpoint learns of the coordinator's end from its order pipe instead.
+    let _ = sys::set_parent_death_signal(0);
+    let announced = session.send(
         &Up::Checkpoint {
             epoch: session.epoch,
             pid: me,
@@ -256,7 +260,11 @@ fn take(session: SessionState, file: &Path) -> io::Result<SessionState> {
             file: file.to_path_buf(),
         },
         Some(orders_for_coordinator.as_raw_fd()),
-    )?;
+    );
+    if let Err(e) = announced {
+        still_a_run(&session);
+        return Err(e);
+    }
     // Only the coordinator holds the write end now: if it dies, we read end-of-file.
     drop(orders_for_coordinator);
 
@@ -280,6 +288,15 @@ fn take(session: SessionState, file: &Path) -> io::Result<SessionState> {
             );
             Err(e)
         }
+    }
+}
+
+/// No checkpoint after all: this process goes on as the run it was, which dies with
+/// its checkpoint (the session's first run has the coordinator as parent instead,
+/// and no such signal).
+fn still_a_run(session: &SessionState) {
+    if session.depth > 0 {
+        let _ = sys::set_parent_death_signal(libc::SIGKILL);
     }
 }
 
@@ -322,10 +339,6 @@ impl Parked {
         };
         // Before the first fork, so even what the first run spawns stays below us.
         let _ = sys::set_child_subreaper();
-        // This process was a run, which dies with its parent. A checkpoint must not:
-        // retiring the one above it reparents it, and it learns of the coordinator's
-        // end from its order pipe instead.
-        let _ = sys::set_parent_death_signal(0);
         let mut epoch = self.session.epoch;
         let mut run = match self.fork_run(epoch, &program_mask, &sigchld) {
             Ok(Fork::Parent(pid)) => pid,
@@ -333,10 +346,7 @@ impl Parked {
             Err(e) => {
                 drop(sigchld);
                 program_mask.set_mask();
-                if self.session.depth > 0 {
-                    // Still the run it was: it dies with its checkpoint again.
-                    let _ = sys::set_parent_death_signal(libc::SIGKILL);
-                }
+                still_a_run(&self.session);
                 return Err(e);
             }
         };
