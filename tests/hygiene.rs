@@ -448,6 +448,7 @@ fn a_failing_fork_costs_a_checkpoint_not_the_program() {
         "two",
         r#"
 #include <stdio.h>
+#include <unistd.h>
 static void show(const char *name) {
     FILE *f = fopen(name, "r");
     char v[64] = "";
@@ -455,7 +456,12 @@ static void show(const char *name) {
     printf("%s: %s", name, v);
     fflush(stdout);
 }
-int main(void) { show("a.txt"); show("b.txt"); return 0; }
+int main(void) {
+    show("a.txt");
+    usleep(200000);   /* time for the budget to allow another checkpoint */
+    show("b.txt");
+    return 0;
+}
 "#,
     );
     dir.write("a.txt", "a1\n");
@@ -576,7 +582,7 @@ fn a_dev_server_answers_with_the_new_code_after_an_edit() {
     let dir = TempDir::new("devserver");
     dir.write(
         "framework.py",
-        "import time\nt = time.perf_counter()\nTABLE = {i: str(i) for i in range(400_000)}\n\
+        "import time\nt = time.perf_counter()\nTABLE = {i: str(i) for i in range(1_000_000)}\n\
          print(f'framework loaded in {time.perf_counter() - t:.2f} s')\n",
     );
     dir.write("views.py", "def render():\n    return 'view v1'\n");

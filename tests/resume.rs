@@ -14,7 +14,7 @@ fn lua_example(dir: &TempDir) {
         "main.lua",
         "print('startup')\n\
          local x = 0\n\
-         for i = 1, 5e6 do x = x + i end\n\
+         for i = 1, 2e7 do x = x + i end\n\
          require 'foo'\n\
          print('finished')\n",
     );
@@ -144,7 +144,7 @@ fn python_with_valid_pyc_resumes_after_the_slow_import() {
         "heavy.py",
         "import time\n\
          t = time.perf_counter()\n\
-         data = {i: str(i) * 3 for i in range(300_000)}\n\
+         data = {i: str(i) * 3 for i in range(1_000_000)}\n\
          print('heavy loaded', flush=True)\n",
     );
     dir.write(
