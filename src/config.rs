@@ -139,32 +139,31 @@ impl Settings {
             }
         };
 
-        let time_share = match text("FORKHOOK_CHECKPOINT_SHARE") {
-            None => DEFAULT_TIME_SHARE,
-            Some(v) => match v.trim().parse::<f64>() {
-                Ok(x) if (0.0..=1.0).contains(&x) => x,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        variable: "FORKHOOK_CHECKPOINT_SHARE",
-                        value: v,
-                        expected: "a fraction between 0 and 1, e.g. 0.03",
-                    })
-                }
-            },
+        let share = |name: &'static str, default: f64, max: f64, expected: &'static str| {
+            let Some(v) = text(name) else {
+                return Ok(default);
+            };
+            match v.trim().parse::<f64>() {
+                Ok(x) if (0.0..=max).contains(&x) => Ok(x),
+                _ => Err(ConfigError::Invalid {
+                    variable: name,
+                    value: v,
+                    expected,
+                }),
+            }
         };
-        let memory_share = match text("FORKHOOK_MEMORY_SHARE") {
-            None => DEFAULT_MEMORY_SHARE,
-            Some(v) => match v.trim().parse::<f64>() {
-                Ok(x) if x >= 0.0 && x.is_finite() => x,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        variable: "FORKHOOK_MEMORY_SHARE",
-                        value: v,
-                        expected: "a number of at least 0, e.g. 0.5",
-                    })
-                }
-            },
-        };
+        let time_share = share(
+            "FORKHOOK_CHECKPOINT_SHARE",
+            DEFAULT_TIME_SHARE,
+            1.0,
+            "a fraction between 0 and 1, e.g. 0.03",
+        )?;
+        let memory_share = share(
+            "FORKHOOK_MEMORY_SHARE",
+            DEFAULT_MEMORY_SHARE,
+            f64::MAX,
+            "a number of at least 0, e.g. 0.5",
+        )?;
         let max_checkpoints = match text("FORKHOOK_MAX_CHECKPOINTS") {
             None => DEFAULT_MAX_CHECKPOINTS,
             Some(v) => match v.trim().parse::<usize>() {

@@ -79,20 +79,25 @@ pub fn fstat(fd: RawFd) -> io::Result<FileStat> {
     Ok(file_stat_from(unsafe { &st.assume_init() }))
 }
 
-/// Opens read-only with `O_CLOEXEC`, through the raw syscall.
-pub fn open_read(path: &CStr) -> io::Result<OwnedFd> {
+/// `openat(AT_FDCWD, path, flags)` through the raw syscall, always close-on-exec.
+fn open_raw(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: `path` is NUL-terminated.
     let fd = cvt(unsafe {
         libc::syscall(
             libc::SYS_openat,
             libc::AT_FDCWD,
             path.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
+            flags | libc::O_CLOEXEC,
             0,
         )
     })?;
     // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Opens read-only, through the raw syscall.
+pub fn open_read(path: &CStr) -> io::Result<OwnedFd> {
+    open_raw(path, libc::O_RDONLY | libc::O_NOCTTY)
 }
 
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
@@ -146,18 +151,7 @@ pub fn fd_path(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 /// The canonical path: symlinks, `.` and `..` resolved. Uses `O_PATH` and the
 /// kernel's own name for the descriptor, so it costs one open and one readlink.
 pub fn canonical(path: &CStr) -> io::Result<PathBuf> {
-    // SAFETY: `path` is NUL-terminated.
-    let fd = cvt(unsafe {
-        libc::syscall(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::O_PATH | libc::O_CLOEXEC,
-            0,
-        )
-    })?;
-    // SAFETY: the kernel just returned this descriptor to us.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let fd = open_raw(path, libc::O_PATH)?;
     let mut buf = vec![0u8; libc::PATH_MAX as usize];
     let n = fd_path(fd.as_raw_fd(), &mut buf)?;
     buf.truncate(n);
@@ -198,21 +192,7 @@ pub fn fd_flags(fd: RawFd) -> io::Result<libc::c_int> {
 
 /// Every open descriptor of this process, read from `/proc/self/fd` with `getdents64`.
 pub fn open_fds() -> io::Result<Vec<RawFd>> {
-    let dir = {
-        let path = c"/proc/self/fd";
-        // SAFETY: NUL-terminated literal.
-        let fd = cvt(unsafe {
-            libc::syscall(
-                libc::SYS_openat,
-                libc::AT_FDCWD,
-                path.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-                0,
-            )
-        })?;
-        // SAFETY: the kernel just returned this descriptor to us.
-        unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
-    };
+    let dir = open_raw(c"/proc/self/fd", libc::O_RDONLY | libc::O_DIRECTORY)?;
     let mut fds = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -619,11 +599,10 @@ pub struct Memory {
     pub private: u64,
 }
 
-/// Peak resident memory of a live process (VmHWM), in bytes.
-pub fn peak_memory_of(pid: Pid) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line["VmHWM:".len()..]
+/// A "Name:   1234 kB" line of a /proc file, in bytes.
+fn kb_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    let kb: u64 = line[name.len()..]
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -632,19 +611,18 @@ pub fn peak_memory_of(pid: Pid) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Peak resident memory of a live process (VmHWM), in bytes.
+pub fn peak_memory_of(pid: Pid) -> Option<u64> {
+    kb_field(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        "VmHWM:",
+    )
+}
+
 /// Memory of a process, from smaps_rollup.
 pub fn memory_of(pid: Pid) -> Option<Memory> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = text.lines().find(|l| l.starts_with(name))?;
-        let kb: u64 = line[name.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
-    };
+    let field = |name: &str| kb_field(&text, name);
     Some(Memory {
         rss: field("Rss:")?,
         pss: field("Pss:")?,

@@ -96,17 +96,8 @@ fn the_checkpoint_cap_retires_the_least_needed_and_resumes_stay_correct() {
 fn session_pss(s: &Session) -> u64 {
     std::iter::once(s.pid() as i32)
         .chain(s.descendants())
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
-        .filter_map(|text| {
-            let line = text.lines().find(|l| l.starts_with("Pss:"))?;
-            let kb: u64 = line[4..]
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()?;
-            Some(kb * 1024)
-        })
+        .filter_map(forkhook::sys::memory_of)
+        .map(|m| m.pss)
         .sum()
 }
 

@@ -84,12 +84,7 @@ fn a_resume_ends_the_old_run_and_everything_it_started_and_no_zombies_pile_up() 
     let dir = TempDir::new("one-run");
     let program = compile_c(&dir, "spawner", SPAWNER);
     dir.write("input.txt", "1\n");
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-f", r"/input\.txt$", "--"])
-            .arg(&program)
-            .current_dir(&dir.path),
-    );
+    let mut s = forkhook_in(&dir, &["-f", r"/input\.txt$"], &program);
     let first = pids_of(&s.expect_stdout("pids ", T));
     assert_eq!(first.len(), 3);
     assert!(first.iter().all(|&p| alive(p)));
@@ -124,12 +119,7 @@ fn killing_the_coordinator_with_sigkill_leaves_no_process_behind() {
     let dir = TempDir::new("sigkill");
     let program = compile_c(&dir, "spawner", SPAWNER);
     dir.write("input.txt", "1\n");
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-f", r"/input\.txt$", "--"])
-            .arg(&program)
-            .current_dir(&dir.path),
-    );
+    let mut s = forkhook_in(&dir, &["-f", r"/input\.txt$"], &program);
     let run = pids_of(&s.expect_stdout("pids ", T));
     let mut everyone = s.descendants();
     everyone.extend(&run);
@@ -214,12 +204,7 @@ int main(void) {
 "#,
     );
     dir.write("mode.txt", "ok\n");
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-e", "txt", "--"])
-            .arg(&program)
-            .current_dir(&dir.path),
-    );
+    let mut s = forkhook_in(&dir, &["-e", "txt"], &program);
     let line = s.expect_stderr("run exited with status 0 after", T);
     assert!(line.contains("watching 1 file "), "{line}");
     save_rename_over(&dir.join("mode.txt"), "fail\n");
@@ -241,12 +226,7 @@ fn a_program_that_touches_no_watched_file_says_so_and_keeps_its_status() {
         "plain",
         "#include <stdio.h>\nint main(void) { puts(\"plain\"); return 4; }\n",
     );
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-e", "lua", "--"])
-            .arg(&program)
-            .current_dir(&dir.path),
-    );
+    let mut s = forkhook_in(&dir, &["-e", "lua"], &program);
     assert_eq!(s.wait_exit(T).code(), Some(4), "{}", s.transcript());
     s.expect_stdout("plain", T);
     s.expect_stderr("no file matched the filter", T);
@@ -276,12 +256,7 @@ fn threads_at_a_checkpoint_get_one_warning_and_a_setting() {
     let program = compile_c_with(&dir, "threaded", THREADED, &["-pthread"]);
     dir.write("input.txt", "1\n");
 
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-e", "txt", "--"])
-            .arg(&program)
-            .current_dir(&dir.path),
-    );
+    let mut s = forkhook_in(&dir, &["-e", "txt"], &program);
     let warning = s.expect_stderr("warning: the program runs 2 threads at a checkpoint", T);
     assert!(warning.contains("FORKHOOK_THREADS=skip"), "{warning}");
     s.expect_stdout("input 1", T);
@@ -299,12 +274,7 @@ fn threads_at_a_checkpoint_get_one_warning_and_a_setting() {
 
     // With the setting, no checkpoint is taken while threads run: the program runs
     // unwatched to its end.
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["--threads", "skip", "-e", "txt", "--"])
-            .arg(&program)
-            .current_dir(&dir.path),
-    );
+    let mut s = forkhook_in(&dir, &["--threads", "skip", "-e", "txt"], &program);
     s.expect_stderr("no checkpoint is taken while they run", T);
     assert_eq!(s.wait_exit(T).code(), Some(0), "{}", s.transcript());
     s.expect_stdout("input 2", T);
@@ -331,12 +301,7 @@ int main(void) {
 "#,
     );
     dir.write("counter.txt", "0\n");
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-e", "txt", "--"])
-            .arg(&program)
-            .current_dir(&dir.path),
-    );
+    let mut s = forkhook_in(&dir, &["-e", "txt"], &program);
     s.expect_stdout("value 0", T);
     let file = dir.join("counter.txt");
     for i in 1..=100 {
@@ -536,12 +501,7 @@ int main(void) {
     );
     dir.write("a.txt", "a1\n");
     dir.write("b.txt", "b1\n");
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-e", "txt", "--"])
-            .arg(&program)
-            .current_dir(&dir.path),
-    );
+    let mut s = forkhook_in(&dir, &["-e", "txt"], &program);
     s.expect_stdout("a.txt: a1", T);
     s.expect_stderr("the program closed forkhook's descriptor", T);
     s.expect_stdout("b.txt: b1", T);

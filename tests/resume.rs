@@ -210,12 +210,7 @@ int main(void) {
 "#,
     );
     dir.write("data.txt", "one\n");
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-f", r"/data\.txt$", "--"])
-            .arg(&program)
-            .current_dir(&dir.path),
-    );
+    let mut s = forkhook_in(&dir, &["-f", r"/data\.txt$"], &program);
     s.expect_stdout("data: one", T);
     run_ended(&mut s);
     save_rename_over(&dir.join("data.txt"), "two\n");
@@ -241,12 +236,7 @@ fn main() {
 "#,
     );
     dir.write("config.txt", "alpha\n");
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-e", "txt", "--"])
-            .arg(&program)
-            .current_dir(&dir.path),
-    );
+    let mut s = forkhook_in(&dir, &["-e", "txt"], &program);
     s.expect_stdout("config (6 bytes): alpha", T);
     run_ended(&mut s);
     save_truncate_write(&dir.join("config.txt"), "beta gamma\n");
@@ -255,33 +245,28 @@ fn main() {
     assert_eq!(s.count_stdout("start"), 1, "{}", s.transcript());
 }
 
+/// Prints a line, then reads input.txt: on a pipe or a file, C stdio still holds the
+/// line in its buffer when the checkpoint is taken.
+const BUFFERED: &str = r#"
+#include <stdio.h>
+int main(void) {
+    printf("before the checkpoint\n");
+    FILE *f = fopen("input.txt", "r");
+    char line[128] = "";
+    if (f && fgets(line, sizeof line, f)) printf("after: %s", line);
+    return 0;
+}
+"#;
+
 /// C stdio fully buffers a pipe: without a flush before each fork, every resumed run
 /// would print the buffered "before" again.
 #[test]
 fn output_buffered_before_a_checkpoint_is_not_printed_again_on_a_pipe() {
     let _l = lock();
     let dir = TempDir::new("pipe-output");
-    let program = compile_c(
-        &dir,
-        "buffered",
-        r#"
-#include <stdio.h>
-int main(void) {
-    printf("before the checkpoint\n");           /* stays in stdio's buffer: a pipe */
-    FILE *f = fopen("input.txt", "r");
-    char line[128] = "";
-    if (f && fgets(line, sizeof line, f)) printf("after: %s", line);
-    return 0;
-}
-"#,
-    );
+    let program = compile_c(&dir, "buffered", BUFFERED);
     dir.write("input.txt", "v1\n");
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-e", "txt", "--"])
-            .arg(&program)
-            .current_dir(&dir.path),
-    );
+    let mut s = forkhook_in(&dir, &["-e", "txt"], &program);
     s.expect_stdout("after: v1", T);
     run_ended(&mut s);
     for v in 2..=3 {
@@ -302,20 +287,7 @@ int main(void) {
 fn output_buffered_before_a_checkpoint_is_not_written_again_to_a_file() {
     let _l = lock();
     let dir = TempDir::new("file-output");
-    let program = compile_c(
-        &dir,
-        "buffered",
-        r#"
-#include <stdio.h>
-int main(void) {
-    printf("before the checkpoint\n");
-    FILE *f = fopen("input.txt", "r");
-    char line[128] = "";
-    if (f && fgets(line, sizeof line, f)) printf("after: %s", line);
-    return 0;
-}
-"#,
-    );
+    let program = compile_c(&dir, "buffered", BUFFERED);
     dir.write("input.txt", "v1\n");
     let mut s = Session::start(
         forkhook_command()
@@ -372,12 +344,7 @@ int main(void) {
     );
     dir.write("stream.dat", "line1\nline2\nline3\nline4\nline5\n");
     dir.write("watched.txt", "w1\n");
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-e", "txt", "--"])
-            .arg(&program)
-            .current_dir(&dir.path),
-    );
+    let mut s = forkhook_in(&dir, &["-e", "txt"], &program);
     s.expect_stdout("first: line1", T);
     s.expect_stdout("second: line2", T);
     s.expect_stdout("third: line3", T);
@@ -438,6 +405,7 @@ fn every_way_of_saving_is_seen_exactly_once() {
     run_ended(&mut s);
     save_delete_create(&b, "print('b: 5')\n");
     s.expect_stdout("b: 5", T);
+    s.expect_stdout("done", T);
     run_ended(&mut s);
 
     let quiet = s.collect_for(Duration::from_millis(500));
@@ -497,6 +465,7 @@ fn two_files_saved_together_resume_once_from_the_earlier() {
     );
     s.expect_stdout("a: 2", T);
     s.expect_stdout("b: 2", T);
+    s.expect_stdout("done", T);
     run_ended(&mut s);
     let quiet = s.collect_for(Duration::from_millis(500));
     assert!(quiet.is_empty(), "one resume only: {quiet:?}");

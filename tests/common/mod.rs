@@ -1274,3 +1274,14 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> io::Result<HttpResp
         body: body.to_string(),
     })
 }
+
+/// `forkhook ARGS -- PROGRAM` started in `dir`: the shape of most tests.
+pub fn forkhook_in(dir: &TempDir, args: &[&str], program: impl AsRef<OsStr>) -> Session {
+    Session::start(
+        forkhook_command()
+            .args(args)
+            .arg("--")
+            .arg(program)
+            .current_dir(&dir.path),
+    )
+}
