@@ -44,8 +44,6 @@ pub(crate) struct SessionState {
     pub origin: Instant,
     /// Time this branch has spent taking checkpoints (for the budget).
     pub spent: Duration,
-    /// Cost of the last checkpoint, our estimate of the next one.
-    pub last_cost: Duration,
     /// Checkpoints above this run.
     pub depth: usize,
 }
@@ -144,8 +142,11 @@ pub(crate) fn at_first_access(file: &Path) {
         }
     } else {
         report.detail(&format!(
-            "no checkpoint before {} (budget); a change to it resumes from an earlier one",
-            file.display()
+            "no checkpoint before {} (budget: checkpoints took {} of {}); a change to it \
+             resumes from an earlier one",
+            file.display(),
+            human(session.spent),
+            human(session.origin.elapsed()),
         ));
     }
     if let Some(p) = process().as_mut() {
@@ -177,7 +178,14 @@ fn start_session() -> io::Result<SessionState> {
     if let Some(settings) = sys::tcgetattr(0) {
         let _ = TERMINAL.set(settings);
     }
-    match sys::fork()? {
+    // Blocked before the fork: a Ctrl-C that reaches the coordinator before it got to
+    // run must wait in its signalfd, not kill it (or run the program's handler).
+    let program_mask = parked_signals().block();
+    let forked = sys::fork();
+    if !matches!(forked, Ok(Fork::Parent(_))) {
+        program_mask.set_mask();
+    }
+    match forked? {
         Fork::Child => {
             drop(coordinator_end);
             Ok(SessionState {
@@ -187,7 +195,6 @@ fn start_session() -> io::Result<SessionState> {
                 checkpoint: 0,
                 origin: hook::start_time(),
                 spent: Duration::ZERO,
-                last_cost: Duration::ZERO,
                 depth: 0,
             })
         }
@@ -207,9 +214,11 @@ fn within_budget(session: &SessionState, settings: &crate::config::Settings) -> 
     if session.depth == 0 {
         return true;
     }
-    let elapsed = session.origin.elapsed().as_secs_f64();
-    let next = session.spent + session.last_cost;
-    next.as_secs_f64() <= settings.budget.time_share * elapsed
+    // What checkpoints have cost so far, against the share of the time elapsed: an
+    // expensive one holds the next back until the run has caught up. (A checkpoint's
+    // cost is measured by its run, from before the fork until it runs again.)
+    session.spent.as_secs_f64()
+        <= settings.budget.time_share * session.origin.elapsed().as_secs_f64()
 }
 
 /// fork(2) copies only the calling thread: say so once, and skip if told to.
@@ -460,7 +469,6 @@ impl Parked {
             // Time into the run restarts from where the checkpoint was.
             origin: Instant::now() - self.elapsed,
             spent: self.session.spent + cost,
-            last_cost: cost,
             depth: self.session.depth + 1,
         }
     }

@@ -90,6 +90,8 @@ struct Coordinator {
     next_memory_check: Instant,
     warned_memory: bool,
     run: Option<Run>,
+    /// The run the last resume replaced, in case it had ended by itself meanwhile.
+    replaced: Option<Run>,
     /// What the next RunStarted skipped (set when a resume is ordered).
     next_skipped: Duration,
     runs_started: u64,
@@ -101,7 +103,7 @@ pub(crate) fn run(sock: OwnedFd) -> ! {
         sys::exit_now(1)
     };
     let report = hook::reporter();
-    parked_signals().block();
+    // Already blocked since before the fork (see checkpoint::start_session).
     let signals = match parked_signals().signalfd() {
         Ok(fd) => fd,
         Err(e) => {
@@ -149,6 +151,7 @@ pub(crate) fn run(sock: OwnedFd) -> ! {
         next_memory_check: Instant::now() + MEMORY_CHECK_EVERY,
         warned_memory: false,
         run: None,
+        replaced: None,
         next_skipped: Duration::ZERO,
         runs_started: 0,
     };
@@ -283,8 +286,16 @@ impl Coordinator {
                 pid,
                 status,
                 peak_memory,
-            } if epoch == self.epoch => {
-                let Some(run) = self.run.take_if(|r| r.pid == pid) else {
+            } => {
+                if epoch + 1 == self.epoch {
+                    // The run a resume replaced had already ended by itself: its end
+                    // crossed the resume order. Say how it ended all the same.
+                    if let Some(run) = self.replaced.take_if(|r| r.pid == pid) {
+                        self.report_run_end(&run, Exit::from_wait_status(status));
+                    }
+                    return;
+                }
+                let Some(run) = self.run.take_if(|r| r.pid == pid && epoch == self.epoch) else {
                     return;
                 };
                 self.restore_terminal();
@@ -543,7 +554,7 @@ impl Coordinator {
             ));
             return;
         }
-        self.run = None;
+        self.replaced = self.run.take();
         self.next_skipped = checkpoint.elapsed;
         self.awaiting_until = Some(Instant::now() + AWAIT_LIMIT);
         if self.settings.hold_after_resume > Duration::ZERO {

@@ -313,11 +313,13 @@ int main(void) {
         }
         s.expect_stdout(&format!("value {i}"), T);
     }
-    for _ in 0..=100 {
-        run_ended(&mut s);
-    }
-    let late = s.collect_for(Duration::from_millis(500));
-    assert!(late.is_empty(), "nothing after the last edit: {late:?}");
+    // A run still exiting when the next edit lands is replaced, not reported: count
+    // no endings, but nothing may resume or print after the last result.
+    let late = s.collect_for(Duration::from_millis(800));
+    assert!(
+        late.iter().all(|l| l.contains("run exited")),
+        "nothing but the last run's end after the last edit: {late:?}"
+    );
     for i in 0..=100 {
         let n = s
             .stdout_lines()
@@ -339,7 +341,7 @@ fn a_watched_directory_removed_and_recreated() {
         "main.lua",
         "package.path = './lib/?.lua;' .. package.path\n\
          print('startup')\n\
-         local x = 0 for i = 1, 2e7 do x = x + i end\n\
+         local x = 0 for i = 1, 4e7 do x = x + i end\n\
          print(require 'mod')\n",
     );
     std::fs::create_dir(dir.join("lib")).unwrap();
