@@ -210,12 +210,18 @@ pub fn filter_regex(exts: &[String], filters: &[String]) -> Result<Option<String
     }
     for f in filters {
         Filter::from_sources(None, Some(f)).map_err(|e| LaunchError::Usage(format!("-f {e}")))?;
-        parts.push(format!("(?:{f})"));
+        parts.push(f.clone());
     }
     Ok(match parts.len() {
         0 => None,
         1 => parts.pop(),
-        _ => Some(parts.join("|")),
+        _ => Some(
+            parts
+                .iter()
+                .map(|p| format!("(?:{p})"))
+                .collect::<Vec<_>>()
+                .join("|"),
+        ),
     })
 }
 

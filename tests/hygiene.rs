@@ -709,3 +709,49 @@ print("DRIVER OK")
     assert!(status.success(), "{}", s.transcript());
     s.expect_stdout("DRIVER OK", T);
 }
+
+/// Once the session runs, what the program spawns runs without the hook (through
+/// `system()`, and through an explicit copy of the environment taken at start, as
+/// CPython's subprocess passes it); a wrapper that execs the program still works.
+#[test]
+fn spawned_processes_do_not_load_the_hook_but_wrappers_that_exec_do() {
+    let _l = lock();
+    if !require_tool("lua5.4") || !require_tool("python3") {
+        return;
+    }
+    let dir = TempDir::new("spawned");
+    dir.write(
+        "main.lua",
+        "require 'foo'\nos.execute('echo \"system: [$LD_PRELOAD]\"')\n",
+    );
+    dir.write("foo.lua", "print('foo 1')\n");
+    let mut s = Session::start(
+        forkhook_command()
+            .args(["-e", "lua", "--", "sh", "-c", "exec lua5.4 main.lua"])
+            .current_dir(&dir.path),
+    );
+    s.expect_stdout("foo 1", T);
+    let line = s.expect_stdout("system: [", T);
+    assert!(!line.contains("forkhook"), "{line}");
+    save_rename_over(&dir.join("foo.lua"), "print('foo 2')\n");
+    s.expect_stdout("foo 2", T);
+    drop(s);
+
+    dir.write(
+        "app.py",
+        "import os, subprocess, sys\nimport mod\n\
+         out = subprocess.run([sys.executable, '-c', 'import os; print(os.environ.get(\"LD_PRELOAD\"))'],\n\
+         \x20   env=dict(os.environ), capture_output=True, text=True).stdout.strip()\n\
+         print('child LD_PRELOAD:', out)\n",
+    );
+    dir.write("mod.py", "VALUE = 1\n");
+    let mut s = Session::start(
+        forkhook_command()
+            .args(["-f", r"/mod\.py$", "--", "python3", "app.py"])
+            .current_dir(&dir.path),
+    );
+    let line = s.expect_stdout("child LD_PRELOAD:", T);
+    assert!(!line.contains("forkhook"), "{line}\n{}", s.transcript());
+    s.expect_stderr("run exited with status 0", T);
+    assert_eq!(s.count_stderr("no file matched"), 0, "{}", s.transcript());
+}
