@@ -132,7 +132,9 @@ pub(crate) fn at_first_access(file: &Path) {
         },
     };
 
-    if within_budget(&session, settings) && threads_ok {
+    if !threads_ok {
+        // Said once already, by threads_allow.
+    } else if within_budget(&session, settings) {
         match take(session, file) {
             Ok(resumed) => session = resumed,
             Err(e) => report.warn(&format!(

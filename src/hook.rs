@@ -10,12 +10,13 @@
 
 use crate::checkpoint;
 use crate::config::Settings;
-use crate::path::AbsPath;
+use crate::path;
 use crate::report::Reporter;
 use crate::sys;
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -64,11 +65,32 @@ impl Drop for Guard {
     }
 }
 
+/// Hashes paths with xxh3. SipHash's defence against chosen keys buys nothing here
+/// (the program picks its own paths), and it was a fifth of the cost of a hooked call
+/// on a file already seen.
+#[derive(Default)]
+pub(crate) struct PathHasher(u64);
+
+impl Hasher for PathHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        // The length `[u8]` hashes before its bytes: a seed is enough.
+        self.0 ^= n as u64;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Per-process memory of the hook. It is copied by every fork, so a resumed run
 /// remembers exactly the files its checkpoint had seen, and no others.
 pub(crate) struct Process {
     /// Absolute paths (lexical and resolved) already handled in this run.
-    pub seen: HashSet<Box<[u8]>>,
+    pub seen: HashSet<Box<[u8]>, BuildHasherDefault<PathHasher>>,
     pub session: Option<checkpoint::SessionState>,
     pub warned_threads: bool,
     pub warned_closed: bool,
@@ -81,7 +103,7 @@ pub(crate) fn process() -> MutexGuard<'static, Option<Process>> {
     // did, the data is still consistent: take it anyway rather than stop hooking.
     let mut guard = PROCESS.lock().unwrap_or_else(|e| e.into_inner());
     guard.get_or_insert_with(|| Process {
-        seen: HashSet::new(),
+        seen: HashSet::default(),
         session: None,
         warned_threads: false,
         warned_closed: false,
@@ -201,40 +223,47 @@ pub fn before_access(dirfd: RawFd, path: &CStr, intent: Intent) {
     if given.is_empty() {
         return;
     }
-    let Some(abs) = AbsPath::resolve(dirfd, given) else {
-        return;
-    };
-    // forkmon matched the name as the program passed it; a pattern anchored to a
-    // relative name (`^src/`) must keep working, so a relative name is tried too.
-    let matched = settings.filter.is_match(abs.as_bytes())
-        || (given[0] != b'/' && settings.filter.is_match(given));
-    if matched {
-        first_access(abs.as_bytes());
-    }
+    path::with_absolute(dirfd, path, |abs| {
+        // forkmon matched the name as the program passed it; a pattern anchored to a
+        // relative name (`^src/`) must keep working, so a relative name is tried too.
+        let matched = settings.filter.is_match(abs.to_bytes())
+            || (given[0] != b'/' && settings.filter.is_match(given));
+        if matched {
+            first_access(abs);
+        }
+    });
 }
 
-fn first_access(abs: &[u8]) {
-    if process().as_ref().is_some_and(|p| p.seen.contains(abs)) {
+/// Called after the program's `chdir`/`fchdir`: relative paths are made absolute with
+/// a copy of the current directory, which is stale from now on.
+pub fn cwd_changed() {
+    path::cwd_changed();
+}
+
+/// `abs` matched the filter: absolute, normalised, NUL-terminated.
+fn first_access(abs: &CStr) {
+    let abs_bytes = abs.to_bytes();
+    if process()
+        .as_ref()
+        .is_some_and(|p| p.seen.contains(abs_bytes))
+    {
         return;
     }
-    let Ok(c_abs) = CString::new(abs) else {
-        return;
-    };
     // Only an existing regular file is a dependency: a probe for a missing module
     // (Lua's package.path, Python's sys.path) or a directory is not.
-    match sys::stat(&c_abs) {
+    match sys::stat(abs) {
         Ok(stat) if stat.regular => {}
         _ => return,
     }
-    let resolved =
-        sys::canonical(&c_abs).unwrap_or_else(|_| PathBuf::from(std::ffi::OsStr::from_bytes(abs)));
+    let resolved = sys::canonical(abs)
+        .unwrap_or_else(|_| PathBuf::from(std::ffi::OsStr::from_bytes(abs_bytes)));
     {
         let mut guard = process();
         let Some(p) = guard.as_mut() else { return };
         // Two names for one file (a symlink, `..`) are one dependency.
         let resolved_bytes = resolved.as_os_str().as_bytes();
-        let fresh_name = p.seen.insert(abs.into());
-        let fresh_file = resolved_bytes == abs || p.seen.insert(resolved_bytes.into());
+        let fresh_name = p.seen.insert(abs_bytes.into());
+        let fresh_file = resolved_bytes == abs_bytes || p.seen.insert(resolved_bytes.into());
         if !fresh_name || !fresh_file {
             return;
         }
@@ -328,6 +357,18 @@ mod tests {
             without_library(b"/usr/lib/other.so", lib),
             b"/usr/lib/other.so"
         );
+    }
+
+    #[test]
+    fn seen_paths_are_found_again() {
+        let mut seen: HashSet<Box<[u8]>, BuildHasherDefault<PathHasher>> = HashSet::default();
+        for i in 0..1000 {
+            assert!(seen.insert(format!("/a/m{i}.lua").into_bytes().into()));
+        }
+        assert!(!seen.insert(b"/a/m7.lua"[..].into()));
+        assert!(seen.contains(&b"/a/m999.lua"[..]));
+        assert!(!seen.contains(&b"/a/m1000.lua"[..]));
+        assert!(!seen.contains(&b""[..]));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! or `O_TMPFILE` says the caller passed it.
 #![allow(clippy::missing_safety_doc)]
 
-use forkhook::hook::{before_access, exec_environment, Intent};
+use forkhook::hook::{before_access, cwd_changed, exec_environment, Intent};
 use libc::{c_char, c_int, c_void, mode_t, pid_t, FILE};
 use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -325,3 +325,28 @@ extern "C" fn destructor() {
 #[used]
 #[link_section = ".fini_array"]
 static DESTRUCTOR: extern "C" fn() = destructor;
+
+// ---------------------------------------------------------------- the current directory
+// Relative paths are made absolute with a copy of the current directory (no getcwd
+// per call); these tell the core when the copy goes stale. Failed calls too: cheap,
+// and never wrong.
+
+#[no_mangle]
+pub unsafe extern "C" fn chdir(path: *const c_char) -> c_int {
+    let result = match real!(chdir: fn(*const c_char) -> c_int) {
+        Some(f) => f(path),
+        None => missing(-1),
+    };
+    cwd_changed();
+    result
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fchdir(fd: c_int) -> c_int {
+    let result = match real!(fchdir: fn(c_int) -> c_int) {
+        Some(f) => f(fd),
+        None => missing(-1),
+    };
+    cwd_changed();
+    result
+}
