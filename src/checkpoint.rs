@@ -106,23 +106,23 @@ pub(crate) fn parked_signals() -> SignalSet {
     SignalSet::all_except(UNBLOCKED)
 }
 
-/// The run touched `file` (an existing regular file that matches the filter) for the
-/// first time. Takes a checkpoint if the budget allows, then tells the coordinator.
-pub(crate) fn at_first_access(file: &Path) {
+/// The run touched `file` (an existing regular file that matches the filter, holding
+/// `fingerprint`) for the first time. Takes a checkpoint if the budget allows, then
+/// tells the coordinator.
+pub(crate) fn at_first_access(file: &Path, mut fingerprint: Fingerprint) {
     let Some(settings) = hook::settings() else {
         return;
     };
     let report = hook::reporter();
-    // Before the session starts: the original process keeps every thread when it
-    // becomes the coordinator, so the warning belongs here.
-    let threads_ok = threads_allow(settings);
     let session = process().as_ref().and_then(|p| p.session);
-    let mut session = match session {
+    let (mut session, started_now) = match session {
         Some(s) if !s.connected() => return,
-        Some(s) => s,
-        None if !threads_ok => return,
+        Some(s) => (s, false),
+        // Checked before the session starts: the original process keeps every thread
+        // when it becomes the coordinator, so the warning belongs here.
+        None if !threads_allow(settings) => return,
         None => match start_session() {
-            Ok(s) => s,
+            Ok(s) => (s, true),
             Err(e) => {
                 report.error(&format!(
                     "cannot start a session ({e}); the program runs unwatched"
@@ -132,17 +132,7 @@ pub(crate) fn at_first_access(file: &Path) {
         },
     };
 
-    if !threads_ok {
-        // Said once already, by threads_allow.
-    } else if within_budget(&session, settings) {
-        match take(session, file) {
-            Ok(resumed) => session = resumed,
-            Err(e) => report.warn(&format!(
-                "no checkpoint before {} ({e}); a change to it resumes from an earlier one",
-                file.display()
-            )),
-        }
-    } else {
+    if !within_budget(&session, settings) {
         report.detail(&format!(
             "no checkpoint before {} (budget: checkpoints took {} of {}); a change to it \
              resumes from an earlier one",
@@ -150,6 +140,21 @@ pub(crate) fn at_first_access(file: &Path) {
             human(session.spent),
             human(session.origin.elapsed()),
         ));
+    } else if started_now || threads_allow(settings) {
+        match take(session, file) {
+            Ok(resumed) => {
+                if resumed.epoch != session.epoch {
+                    // A run resumed from this checkpoint, maybe long after: the file
+                    // may hold something else by now.
+                    fingerprint = Fingerprint::of_path(file);
+                }
+                session = resumed;
+            }
+            Err(e) => report.warn(&format!(
+                "no checkpoint before {} ({e}); a change to it resumes from an earlier one",
+                file.display()
+            )),
+        }
     }
     if let Some(p) = process().as_mut() {
         p.session = Some(session);
@@ -161,7 +166,7 @@ pub(crate) fn at_first_access(file: &Path) {
             epoch: session.epoch,
             checkpoint: session.checkpoint,
             elapsed_ns: session.elapsed_ns(),
-            fingerprint: Fingerprint::of_path(file),
+            fingerprint,
             file: file.to_path_buf(),
         },
         None,

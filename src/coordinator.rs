@@ -50,6 +50,8 @@ const LOST_DIR_RETRY: Duration = Duration::from_millis(100);
 /// How long a changed file waits for the resumed run to read it before its next change
 /// is decided on anyway (a run that never gets there again, e.g. a server).
 const AWAIT_LIMIT: Duration = Duration::from_secs(5);
+/// Memory the session may always hold beyond the run's peak, whatever the share.
+const MEMORY_FLOOR: u64 = 32 << 20;
 /// How often the memory budget is checked while a run goes on (servers never end).
 const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// Time a run gets to end by itself on SIGTERM/SIGHUP before everything is killed.
@@ -92,6 +94,8 @@ struct Coordinator {
     run: Option<Run>,
     /// The run the last resume replaced, in case it had ended by itself meanwhile.
     replaced: Option<Run>,
+    /// Every process that parked as a checkpoint this session.
+    ever_checkpoints: HashSet<Pid>,
     /// What the next RunStarted skipped (set when a resume is ordered).
     next_skipped: Duration,
     runs_started: u64,
@@ -152,6 +156,7 @@ pub(crate) fn run(sock: OwnedFd) -> ! {
         warned_memory: false,
         run: None,
         replaced: None,
+        ever_checkpoints: HashSet::new(),
         next_skipped: Duration::ZERO,
         runs_started: 0,
     };
@@ -229,6 +234,7 @@ impl Coordinator {
             } if epoch == self.epoch => {
                 let Some(fd) = fd else { return };
                 self.orders.insert(pid, fd);
+                self.ever_checkpoints.insert(pid);
                 self.timeline.checkpoint_taken(Checkpoint {
                     pid,
                     file,
@@ -287,6 +293,11 @@ impl Coordinator {
                 status,
                 peak_memory,
             } => {
+                // A retired checkpoint was a run once, and its parent still takes it for
+                // one when reaping it: that is no run ending.
+                if self.ever_checkpoints.contains(&pid) {
+                    return;
+                }
                 if epoch + 1 == self.epoch {
                     // The run a resume replaced had already ended by itself: its end
                     // crossed the resume order. Say how it ended all the same.
@@ -304,6 +315,8 @@ impl Coordinator {
                 self.enforce_memory(peak_memory);
             }
             Up::CheckpointFailed { epoch, pid, errno } if epoch == self.epoch => {
+                // It goes on as the run it was.
+                self.ever_checkpoints.remove(&pid);
                 self.orders.remove(&pid);
                 self.timeline.checkpoint_lost(pid);
                 self.report.warn(&format!(
@@ -594,7 +607,10 @@ impl Coordinator {
         if run_peak == 0 {
             return;
         }
-        let limit = (run_peak as f64 * (1.0 + self.settings.budget.memory_share)) as u64;
+        // A small program's checkpoints cost little whatever the ratio: the share only
+        // binds past a floor, so a 3 MiB script keeps its resume points.
+        let limit = ((run_peak as f64 * (1.0 + self.settings.budget.memory_share)) as u64)
+            .max(run_peak + MEMORY_FLOOR);
         let me = sys::getpid();
         loop {
             let processes: Vec<Pid> = std::iter::once(me).chain(sys::descendants_of(me)).collect();

@@ -21,6 +21,13 @@ type ByteSet = [bool; 256];
 #[derive(Debug, Clone)]
 pub struct Filter {
     regex: Regex,
+    /// When the whole filter means "the path ends with one of these" (`-e lua,py`,
+    /// `%.lua$`), comparing bytes answers without running the regex engine: this is
+    /// asked on every open and stat the program makes.
+    suffixes: Option<Vec<Vec<u8>>>,
+    /// A Lua pattern is anchored at the start (`^src/`). forkmon matched the name as the
+    /// program passed it, so such a pattern is also tried on a relative name.
+    anchored_lua: bool,
     description: String,
 }
 
@@ -77,10 +84,11 @@ impl Filter {
                 reason: one_line(&e),
             })?;
             if lua.is_empty() {
-                let description = native.to_string();
                 return Ok(Some(Filter {
                     regex: alone,
-                    description,
+                    suffixes: suffix_set(native),
+                    anchored_lua: false,
+                    description: native.to_string(),
                 }));
             }
             alternatives.push(format!("(?:{native})"));
@@ -91,23 +99,68 @@ impl Filter {
         }
         // Translations are valid by construction and the native regex compiled alone, so only
         // the size limit can fail here.
-        let regex = build(&alternatives.join("|")).map_err(|e| FilterError::LuaPattern {
+        let combined = alternatives.join("|");
+        let regex = build(&combined).map_err(|e| FilterError::LuaPattern {
             pattern: lua.join(";"),
             reason: format!("too large for one regex: {}", one_line(&e)),
         })?;
-        Ok(Some(Filter { regex, description }))
+        Ok(Some(Filter {
+            regex,
+            suffixes: suffix_set(&combined),
+            anchored_lua: lua.iter().any(|p| p.starts_with('^')),
+            description,
+        }))
     }
 
     /// Called for every file the program opens: no allocation beyond the regex's reused
     /// per-thread search cache.
     pub fn is_match(&self, path: &[u8]) -> bool {
-        self.regex.is_match(path)
+        match &self.suffixes {
+            Some(suffixes) => suffixes.iter().any(|s| path.ends_with(s)),
+            None => self.regex.is_match(path),
+        }
+    }
+
+    /// Should a relative name be tried too, when its absolute form did not match?
+    /// Only a Lua pattern anchored at the start can match the one and not the other.
+    pub fn matches_relative_names(&self) -> bool {
+        self.anchored_lua
     }
 
     /// What is being matched, for messages.
     pub fn describe(&self) -> &str {
         &self.description
     }
+}
+
+/// The literals `pattern` is equivalent to "ends with one of", if it is: its suffix
+/// literals are exact (nothing else in the pattern), it is anchored at the end and at
+/// nothing else. `None` for anything else, which the regex engine then answers.
+fn suffix_set(pattern: &str) -> Option<Vec<Vec<u8>>> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    use regex_syntax::hir::Look;
+    let hir = regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .ok()?;
+    let props = hir.properties();
+    let only_end = props.look_set().remove(Look::End).is_empty();
+    if !only_end || !props.look_set_suffix().contains(Look::End) {
+        return None;
+    }
+    let mut extractor = Extractor::new();
+    extractor.kind(ExtractKind::Suffix);
+    let seq = extractor.extract(&hir);
+    if !seq.is_exact() {
+        return None;
+    }
+    Some(
+        seq.literals()?
+            .iter()
+            .map(|l| l.as_bytes().to_vec())
+            .collect(),
+    )
 }
 
 fn build(pattern: &str) -> Result<Regex, regex::Error> {
@@ -542,5 +595,52 @@ mod tests {
         let patterns: Vec<String> = (0..300).map(|i| format!("^/dir{i}/.-%.lua$")).collect();
         let f = lua(&patterns.join(";"));
         assert!(f.is_match(b"/dir299/a/b.lua") && !f.is_match(b"/dir300/b.lua"));
+    }
+
+    #[test]
+    fn the_suffix_shortcut_agrees_with_the_regex() {
+        let cases: [(Option<&str>, Option<&str>, bool); 9] = [
+            (Some("%.lua$"), None, true),
+            (None, Some(r"\.(?:lua|py)$"), true),
+            (Some("%.lua$;%.h$"), Some(r"\.py$"), true),
+            (None, Some(r"(?i)\.LUA$"), true),
+            (None, Some(r"/src/"), false),
+            (Some("^/tmp/.*%.lua$"), None, false),
+            (None, Some(r"\.lua"), false),
+            (None, Some(r"\b\.lua$"), false),
+            (None, Some(r"[a-z]+\.lua$"), false),
+        ];
+        let paths: [&[u8]; 9] = [
+            b"/a/b.lua",
+            b"/a/b.LuA",
+            b"/a/b.lua.bak",
+            b"/tmp/x.py",
+            b"/p/src/x.c",
+            b"/a/b.h",
+            b"lua",
+            b"",
+            b"/a/\xff.lua",
+        ];
+        for (lua, regex, shortcut) in cases {
+            let filter = Filter::from_sources(lua, regex).unwrap().unwrap();
+            assert_eq!(filter.suffixes.is_some(), shortcut, "{lua:?} {regex:?}");
+            for path in paths {
+                assert_eq!(
+                    filter.is_match(path),
+                    filter.regex.is_match(path),
+                    "{lua:?} {regex:?} on {:?}",
+                    String::from_utf8_lossy(path)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_start_anchored_lua_patterns_look_at_relative_names() {
+        let f = |lua: &str| Filter::from_sources(Some(lua), None).unwrap().unwrap();
+        assert!(f("^src/;%.h$").matches_relative_names());
+        assert!(!f("%.lua$").matches_relative_names());
+        let r = Filter::from_sources(None, Some("^src/")).unwrap().unwrap();
+        assert!(!r.matches_relative_names(), "regexes match absolute paths");
     }
 }

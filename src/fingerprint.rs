@@ -5,9 +5,9 @@
 //! file: any edit after that point changes the fingerprint, so an edit that lands while
 //! the coordinator is still catching up is never mistaken for the baseline.
 
-use crate::sys;
+use crate::sys::{self, FileStat};
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -34,9 +34,15 @@ impl Fingerprint {
         let Ok(fd) = sys::open_read(&c_path) else {
             return Fingerprint::Missing;
         };
-        let Ok(stat) = sys::fstat(fd.as_raw_fd()) else {
-            return Fingerprint::Missing;
-        };
+        match sys::fstat(fd.as_raw_fd()) {
+            Ok(stat) => Fingerprint::of_open(fd.as_raw_fd(), &stat),
+            Err(_) => Fingerprint::Missing,
+        }
+    }
+
+    /// Fingerprint of what `fd` (freshly opened, at offset 0, described by `stat`)
+    /// holds.
+    pub fn of_open(fd: RawFd, stat: &FileStat) -> Fingerprint {
         if !stat.regular {
             return Fingerprint::Missing;
         }
@@ -53,7 +59,7 @@ impl Fingerprint {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let mut buf = [0u8; 16 * 1024];
         loop {
-            match sys::read(fd.as_raw_fd(), &mut buf) {
+            match sys::read(fd, &mut buf) {
                 Ok(0) => break,
                 Ok(n) => hasher.update(&buf[..n]),
                 Err(_) => return Fingerprint::Missing,

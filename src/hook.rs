@@ -10,6 +10,7 @@
 
 use crate::checkpoint;
 use crate::config::Settings;
+use crate::fingerprint::Fingerprint;
 use crate::path;
 use crate::report::Reporter;
 use crate::sys;
@@ -17,7 +18,7 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -227,7 +228,9 @@ pub fn before_access(dirfd: RawFd, path: &CStr, intent: Intent) {
         // forkmon matched the name as the program passed it; a pattern anchored to a
         // relative name (`^src/`) must keep working, so a relative name is tried too.
         let matched = settings.filter.is_match(abs.to_bytes())
-            || (given[0] != b'/' && settings.filter.is_match(given));
+            || (given[0] != b'/'
+                && settings.filter.matches_relative_names()
+                && settings.filter.is_match(given));
         if matched {
             first_access(abs);
         }
@@ -249,13 +252,17 @@ fn first_access(abs: &CStr) {
     {
         return;
     }
-    // Only an existing regular file is a dependency: a probe for a missing module
-    // (Lua's package.path, Python's sys.path) or a directory is not.
-    match sys::stat(abs) {
-        Ok(stat) if stat.regular => {}
+    // One descriptor answers the three questions: is it an existing regular file (a
+    // probe for a missing module, as Lua's package.path and Python's sys.path make, or
+    // a directory, is no dependency), what is its canonical name, and what it holds.
+    let Ok(file) = sys::open_read(abs) else {
+        return;
+    };
+    let stat = match sys::fstat(file.as_raw_fd()) {
+        Ok(stat) if stat.regular => stat,
         _ => return,
-    }
-    let resolved = sys::canonical(abs)
+    };
+    let resolved = sys::fd_canonical(file.as_raw_fd())
         .unwrap_or_else(|_| PathBuf::from(std::ffi::OsStr::from_bytes(abs_bytes)));
     {
         let mut guard = process();
@@ -268,7 +275,9 @@ fn first_access(abs: &CStr) {
             return;
         }
     }
-    checkpoint::at_first_access(&resolved);
+    let fingerprint = Fingerprint::of_open(file.as_raw_fd(), &stat);
+    drop(file);
+    checkpoint::at_first_access(&resolved, fingerprint);
 }
 
 /// The environment for a program about to be exec'd, if it must change: once a

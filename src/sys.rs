@@ -95,9 +95,10 @@ fn open_raw(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Opens read-only, through the raw syscall.
+/// Opens read-only, through the raw syscall. Non-blocking, so a FIFO that matches a
+/// filter does not hang us; a regular file ignores the flag.
 pub fn open_read(path: &CStr) -> io::Result<OwnedFd> {
-    open_raw(path, libc::O_RDONLY | libc::O_NOCTTY)
+    open_raw(path, libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK)
 }
 
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
@@ -151,9 +152,13 @@ pub fn fd_path(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 /// The canonical path: symlinks, `.` and `..` resolved. Uses `O_PATH` and the
 /// kernel's own name for the descriptor, so it costs one open and one readlink.
 pub fn canonical(path: &CStr) -> io::Result<PathBuf> {
-    let fd = open_raw(path, libc::O_PATH)?;
+    fd_canonical(open_raw(path, libc::O_PATH)?.as_raw_fd())
+}
+
+/// The canonical path of what `fd` refers to: the kernel's own name for it.
+pub fn fd_canonical(fd: RawFd) -> io::Result<PathBuf> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize];
-    let n = fd_path(fd.as_raw_fd(), &mut buf)?;
+    let n = fd_path(fd, &mut buf)?;
     buf.truncate(n);
     Ok(PathBuf::from(OsStr::from_bytes(&buf)))
 }
