@@ -28,6 +28,9 @@ pub struct Filter {
     /// A Lua pattern is anchored at the start (`^src/`). forkmon matched the name as the
     /// program passed it, so such a pattern is also tried on a relative name.
     anchored_lua: bool,
+    /// The suffixes hold no `/` (and no pattern is anchored at the start): the name as
+    /// the program passed it then decides a mismatch (see `rejects_name`).
+    names_decide: bool,
     description: String,
 }
 
@@ -84,12 +87,12 @@ impl Filter {
                 reason: one_line(&e),
             })?;
             if lua.is_empty() {
-                return Ok(Some(Filter {
-                    regex: alone,
-                    suffixes: suffix_set(native),
-                    anchored_lua: false,
-                    description: native.to_string(),
-                }));
+                return Ok(Some(Filter::new(
+                    alone,
+                    suffix_set(native),
+                    false,
+                    native.to_string(),
+                )));
             }
             alternatives.push(format!("(?:{native})"));
             description = format!("{description} ; {native}");
@@ -104,12 +107,32 @@ impl Filter {
             pattern: lua.join(";"),
             reason: format!("too large for one regex: {}", one_line(&e)),
         })?;
-        Ok(Some(Filter {
+        let anchored_lua = lua.iter().any(|p| p.starts_with('^'));
+        Ok(Some(Filter::new(
             regex,
-            suffixes: suffix_set(&combined),
-            anchored_lua: lua.iter().any(|p| p.starts_with('^')),
+            suffix_set(&combined),
+            anchored_lua,
             description,
-        }))
+        )))
+    }
+
+    fn new(
+        regex: Regex,
+        suffixes: Option<Vec<Vec<u8>>>,
+        anchored_lua: bool,
+        description: String,
+    ) -> Filter {
+        let names_decide = !anchored_lua
+            && suffixes
+                .as_ref()
+                .is_some_and(|all| all.iter().all(|s| !s.contains(&b'/')));
+        Filter {
+            regex,
+            suffixes,
+            anchored_lua,
+            names_decide,
+            description,
+        }
     }
 
     /// Called for every file the program opens: no allocation beyond the regex's reused
@@ -119,6 +142,23 @@ impl Filter {
             Some(suffixes) => suffixes.iter().any(|s| path.ends_with(s)),
             None => self.regex.is_match(path),
         }
+    }
+
+    /// True when `name` (as the program passed it, relative or not) cannot match once
+    /// made absolute: the filter is "ends with" literals that hold no `/`, and the name
+    /// ends in a plain component, which its absolute form ends with too. False means
+    /// "look at the absolute path", not "it matches".
+    pub fn rejects_name(&self, name: &[u8]) -> bool {
+        if !self.names_decide {
+            return false;
+        }
+        // The last component must be a plain name: not empty, `.` or `..`.
+        let plain_end = !matches!(
+            name,
+            [] | [.., b'/'] | [b'.'] | [.., b'/', b'.'] | [b'.', b'.'] | [.., b'/', b'.', b'.']
+        );
+        let suffixes = self.suffixes.as_deref().unwrap_or_default();
+        plain_end && !suffixes.iter().any(|s| name.ends_with(s))
     }
 
     /// Should a relative name be tried too, when its absolute form did not match?
@@ -633,6 +673,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_name_is_rejected_only_when_its_absolute_form_cannot_match() {
+        let ext = Filter::from_sources(None, Some(r"\.(?:lua|py)$"))
+            .unwrap()
+            .unwrap();
+        assert!(ext.rejects_name(b"lib/x.c"));
+        assert!(ext.rejects_name(b"/usr/lib/x.so"));
+        assert!(ext.rejects_name(b"lua"));
+        assert!(!ext.rejects_name(b"a/b.lua"), "it matches");
+        assert!(
+            !ext.rejects_name(b"a/b.py/."),
+            "the absolute form is a/b.py"
+        );
+        assert!(!ext.rejects_name(b"x.lua/.."));
+        assert!(!ext.rejects_name(b"dir/"));
+        let slash = Filter::from_sources(None, Some(r"/src/a\.lua$"))
+            .unwrap()
+            .unwrap();
+        assert!(
+            !slash.rejects_name(b"a.lua"),
+            "may be /x/src/a.lua once absolute"
+        );
+        let general = Filter::from_sources(None, Some(r"/src/")).unwrap().unwrap();
+        assert!(
+            !general.rejects_name(b"x.c"),
+            "no shortcut for general patterns"
+        );
     }
 
     #[test]

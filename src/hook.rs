@@ -214,16 +214,15 @@ pub fn before_access(dirfd: RawFd, path: &CStr, intent: Intent) {
     let Some(settings) = SETTINGS.get() else {
         return;
     };
-    if intent == Intent::Write {
+    let given = path.to_bytes();
+    // Most paths a program touches do not match: when the name alone says so, nothing
+    // else is done (no guard, no absolute path).
+    if intent == Intent::Write || given.is_empty() || settings.filter.rejects_name(given) {
         return;
     }
     let Some(_guard) = Guard::enter() else {
         return;
     };
-    let given = path.to_bytes();
-    if given.is_empty() {
-        return;
-    }
     path::with_absolute(dirfd, path, |abs| {
         // forkmon matched the name as the program passed it; a pattern anchored to a
         // relative name (`^src/`) must keep working, so a relative name is tried too.
