@@ -269,24 +269,18 @@ impl Coordinator {
                         .detail(&format!("watching {}", self.show(&file)));
                 }
             }
-            Up::RunStarted { epoch, pid, .. } if epoch == self.epoch => match &mut self.run {
-                // A new checkpoint: the same run goes on in its forked child.
-                Some(run) => run.pid = pid,
-                None => {
-                    // The first run started with the program, before any checkpoint.
-                    let started = if self.runs_started == 0 {
-                        hook::start_time()
-                    } else {
-                        Instant::now()
-                    };
-                    self.runs_started += 1;
-                    self.run = Some(Run {
-                        pid,
-                        started,
-                        skipped: self.next_skipped,
-                    });
-                }
-            },
+            // Only the newest checkpoint's run is the run: a slower checkpoint may tell of
+            // its child after that child became a checkpoint itself.
+            Up::RunStarted {
+                epoch,
+                pid,
+                checkpoint,
+            } if epoch == self.epoch
+                && self.timeline.checkpoints().last().map(|c| c.pid) == Some(checkpoint)
+                && !self.ever_checkpoints.contains(&pid) =>
+            {
+                self.run_started(pid)
+            }
             Up::RunEnded {
                 epoch,
                 pid,
@@ -326,6 +320,27 @@ impl Coordinator {
             }
             // From a branch a resume has thrown away.
             _ => {}
+        }
+    }
+
+    fn run_started(&mut self, pid: Pid) {
+        match &mut self.run {
+            // A new checkpoint: the same run goes on in its forked child.
+            Some(run) => run.pid = pid,
+            None => {
+                // The first run started with the program, before any checkpoint.
+                let started = if self.runs_started == 0 {
+                    hook::start_time()
+                } else {
+                    Instant::now()
+                };
+                self.runs_started += 1;
+                self.run = Some(Run {
+                    pid,
+                    started,
+                    skipped: self.next_skipped,
+                });
+            }
         }
     }
 
