@@ -307,8 +307,9 @@ pub fn send_message(sock: RawFd, data: &[u8], pass: Option<RawFd>) -> io::Result
     }
 }
 
-/// Receives one message and the descriptor passed with it, if any.
-/// `Ok(None)` means every sender has closed its end.
+/// Receives one message and the descriptor passed with it, if any, without waiting:
+/// `ErrorKind::WouldBlock` when none is queued. `Ok(None)` means every sender has
+/// closed its end.
 pub fn recv_message(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, Option<OwnedFd>)>> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
@@ -323,7 +324,9 @@ pub fn recv_message(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<(usize, Op
     msg.msg_controllen = std::mem::size_of_val(&control);
     let n = loop {
         // SAFETY: `msg` points at live buffers for the duration of the call.
-        match cvt(unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) }) {
+        match cvt(unsafe {
+            libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT)
+        }) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => break other? as usize,
         }

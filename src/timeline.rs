@@ -10,7 +10,7 @@
 
 use crate::fingerprint::Fingerprint;
 use crate::protocol::Pid;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ pub struct Resume {
 #[derive(Debug, Default)]
 pub struct Timeline {
     checkpoints: Vec<Checkpoint>,
-    files: BTreeMap<PathBuf, Tracked>,
+    files: HashMap<PathBuf, Tracked>,
 }
 
 impl Timeline {
