@@ -600,7 +600,6 @@ pub fn thread_count() -> usize {
 /// Memory of a process, in bytes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Memory {
-    pub rss: u64,
     /// Proportional: shared pages split between the processes sharing them.
     pub pss: u64,
     /// Pages no other process shares: what ending this process frees.
@@ -632,7 +631,6 @@ pub fn memory_of(pid: Pid) -> Option<Memory> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let field = |name: &str| kb_field(&text, name);
     Some(Memory {
-        rss: field("Rss:")?,
         pss: field("Pss:")?,
         private: field("Private_Clean:")? + field("Private_Dirty:")?,
     })
@@ -711,12 +709,6 @@ pub fn read_signals(fd: RawFd) -> Vec<i32> {
         // SAFETY: the kernel wrote a whole record.
         out.push(unsafe { info.assume_init_ref() }.ssi_signo as i32);
     }
-}
-
-/// Sets a signal back to its default action (used before re-raising it).
-pub fn default_signal_action(sig: libc::c_int) {
-    // SAFETY: SIG_DFL is always a valid disposition.
-    unsafe { libc::signal(sig, libc::SIG_DFL) };
 }
 
 // ---------------------------------------------------------------- inotify
