@@ -9,8 +9,9 @@
 //! At a first access the run forks: the parent parks as the new checkpoint, the child
 //! carries on as the run. A parked checkpoint is a subreaper, so whatever its run
 //! spawned (also daemons that detached) stays below it and can be found and ended.
-//! On a resume order it ends everything below it, then forks a fresh run, which
-//! returns from the hooked call and performs the real `open` on the edited file.
+//! A checkpoint is taken inside the hooked call, after the real `open`/`stat` and
+//! before its result reaches the program. On a resume order it ends everything below
+//! it, then forks a fresh run, which makes the real call again on the edited file.
 //!
 //! A forked child (the run) may do anything: it is the program. A parked checkpoint
 //! only ever runs the code in this file, and leaves with `_exit`, so the program's
@@ -18,8 +19,7 @@
 
 use crate::config::ThreadPolicy;
 use crate::coordinator;
-use crate::fingerprint::Fingerprint;
-use crate::hook::{self, process};
+use crate::hook::{self, process, Observed, Then};
 use crate::protocol::{Down, Up, DOWN_LEN};
 use crate::report::human;
 use crate::sys::{self, Fork, Pid, SignalSet};
@@ -106,32 +106,36 @@ pub(crate) fn parked_signals() -> SignalSet {
     SignalSet::all_except(UNBLOCKED)
 }
 
-/// The run touched `file` (an existing regular file that matches the filter, holding
-/// `fingerprint`) for the first time. Takes a checkpoint if the budget allows, then
-/// tells the coordinator.
-pub(crate) fn at_first_access(file: &Path, mut fingerprint: Fingerprint) {
+/// The run touched `file` (an existing regular file that matches the filter, as
+/// `seen`) for the first time, in a call that already succeeded. Takes a checkpoint if
+/// the budget allows, then tells the coordinator. In a run resumed from that
+/// checkpoint, says to make the call again. `opened` is the descriptor the call opened:
+/// parked processes close it (they never use it, and an open file in a directory delays
+/// the event that says the directory was removed).
+pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<RawFd>) -> Then {
     let Some(settings) = hook::settings() else {
-        return;
+        return Then::Return;
     };
     let report = hook::reporter();
     let session = process().as_ref().and_then(|p| p.session);
     let (mut session, started_now) = match session {
-        Some(s) if !s.connected() => return,
+        Some(s) if !s.connected() => return Then::Return,
         Some(s) => (s, false),
         // Checked before the session starts: the original process keeps every thread
         // when it becomes the coordinator, so the warning belongs here.
-        None if !threads_allow(settings) => return,
-        None => match start_session() {
+        None if !threads_allow(settings) => return Then::Return,
+        None => match start_session(opened) {
             Ok(s) => (s, true),
             Err(e) => {
                 report.error(&format!(
                     "cannot start a session ({e}); the program runs unwatched"
                 ));
-                return;
+                return Then::Return;
             }
         },
     };
 
+    let mut then = Then::Return;
     if !within_budget(&session, settings) {
         report.detail(&format!(
             "no checkpoint before {} (budget: checkpoints took {} of {}); a change to it \
@@ -141,12 +145,13 @@ pub(crate) fn at_first_access(file: &Path, mut fingerprint: Fingerprint) {
             human(session.origin.elapsed()),
         ));
     } else if started_now || threads_allow(settings) {
-        match take(session, file) {
+        match take(session, file, opened) {
             Ok(resumed) => {
                 if resumed.epoch != session.epoch {
                     // A run resumed from this checkpoint, maybe long after: the file
-                    // may hold something else by now.
-                    fingerprint = Fingerprint::of_path(file);
+                    // may hold something else by now, and the call is made again.
+                    seen = Observed::now(file);
+                    then = Then::CallAgain;
                 }
                 session = resumed;
             }
@@ -159,23 +164,23 @@ pub(crate) fn at_first_access(file: &Path, mut fingerprint: Fingerprint) {
     if let Some(p) = process().as_mut() {
         p.session = Some(session);
     }
-    // The fingerprint is taken before the real call reads the file: an edit after this
-    // point differs from it, whenever the coordinator gets to look.
     let _ = session.send(
         &Up::Access {
             epoch: session.epoch,
             checkpoint: session.checkpoint,
             elapsed_ns: session.elapsed_ns(),
-            fingerprint,
+            identity: seen.identity,
+            fingerprint: seen.fingerprint,
             file: file.to_path_buf(),
         },
         None,
     );
+    then
 }
 
 /// The first checkpoint turns this (original) process into the coordinator: it forks,
 /// the child carries on as the program, and this process never returns to it.
-fn start_session() -> io::Result<SessionState> {
+fn start_session(opened: Option<RawFd>) -> io::Result<SessionState> {
     hook::forget_preload();
     let (coordinator_end, member_end) = sys::seqpacket_pair()?;
     let coordinator_end = sys::move_high(coordinator_end)?;
@@ -207,6 +212,9 @@ fn start_session() -> io::Result<SessionState> {
         }
         Fork::Parent(_) => {
             drop(member_end);
+            if let Some(fd) = opened {
+                sys::close(fd);
+            }
             coordinator::run(coordinator_end)
         }
     }
@@ -256,7 +264,7 @@ fn threads_allow(settings: &crate::config::Settings) -> bool {
 /// Takes a checkpoint: announce it, fork, park the parent. Returns in the child, the
 /// run, with its updated state. Returns `Err` in this same process when no run could
 /// be forked: the program then carries on without this checkpoint.
-fn take(session: SessionState, file: &Path) -> io::Result<SessionState> {
+fn take(session: SessionState, file: &Path, opened: Option<RawFd>) -> io::Result<SessionState> {
     let began = Instant::now();
     sys::flush_stdio();
     let offsets = record_offsets();
@@ -290,6 +298,7 @@ fn take(session: SessionState, file: &Path) -> io::Result<SessionState> {
         elapsed,
         session,
         file: file.display().to_string(),
+        opened,
     };
     match parked.park(began) {
         Ok(resumed) => Ok(resumed),
@@ -338,6 +347,9 @@ struct Parked {
     elapsed: Duration,
     session: SessionState,
     file: String,
+    /// What the interrupted call opened: the run forked first keeps it, runs forked
+    /// later make the call again.
+    opened: Option<RawFd>,
 }
 
 impl Parked {
@@ -357,7 +369,14 @@ impl Parked {
         let _ = sys::set_child_subreaper();
         let mut epoch = self.session.epoch;
         let mut run = match self.fork_run(epoch, &program_mask, &sigchld) {
-            Ok(Fork::Parent(pid)) => pid,
+            Ok(Fork::Parent(pid)) => {
+                // Nothing is created here from now on, so the number stays free for
+                // the runs forked later, which close it again (harmlessly).
+                if let Some(fd) = self.opened {
+                    sys::close(fd);
+                }
+                pid
+            }
             Ok(Fork::Child) => return Ok(self.run_state(epoch, began)),
             Err(e) => {
                 drop(sigchld);

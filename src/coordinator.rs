@@ -10,14 +10,14 @@
 
 use crate::checkpoint::{end_descendants, parked_signals};
 use crate::config::Settings;
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, Identity};
 use crate::hook;
 use crate::protocol::{Down, Up, MAX_UP_LEN};
 use crate::report::{display_path, human, signal_name, Reporter};
 use crate::sys::{self, Exit, InotifyEvent, Pid};
 use crate::timeline::{Checkpoint, Resume, Timeline};
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -78,6 +78,8 @@ struct Coordinator {
     /// Order pipe of every live checkpoint.
     orders: HashMap<Pid, OwnedFd>,
     dir_of_watch: HashMap<i32, PathBuf>,
+    /// Directories as runs named them, and where they really are.
+    canonical_dirs: HashMap<PathBuf, PathBuf>,
     watch_of_dir: HashMap<PathBuf, i32>,
     /// Directories that were removed while watched, until they come back.
     lost_dirs: BTreeSet<PathBuf>,
@@ -145,6 +147,7 @@ pub(crate) fn run(sock: OwnedFd) -> ! {
         timeline: Timeline::default(),
         orders: HashMap::new(),
         dir_of_watch: HashMap::new(),
+        canonical_dirs: HashMap::new(),
         watch_of_dir: HashMap::new(),
         lost_dirs: BTreeSet::new(),
         warned_watch_limit: false,
@@ -265,30 +268,11 @@ impl Coordinator {
             Up::Access {
                 epoch,
                 checkpoint,
+                identity,
                 fingerprint,
                 file,
                 ..
-            } if epoch == self.epoch => {
-                let known = self.timeline.is_tracked(&file);
-                if !self
-                    .timeline
-                    .accessed(file.clone(), checkpoint, fingerprint)
-                {
-                    return;
-                }
-                let Some(dir) = file.parent() else { return };
-                if self.watch(dir) {
-                    // The edit may have landed between the run's fingerprint and our
-                    // watch: compare once now, so it is not missed.
-                    if Fingerprint::of_path(&file) != fingerprint {
-                        self.mark_pending(file.clone());
-                    }
-                }
-                if !known {
-                    self.report
-                        .detail(&format!("watching {}", self.show(&file)));
-                }
-            }
+            } if epoch == self.epoch => self.accessed(&file, checkpoint, identity, fingerprint),
             // Only the newest checkpoint's run is the run: a slower checkpoint may tell of
             // its child after that child became a checkpoint itself.
             Up::RunStarted {
@@ -340,6 +324,73 @@ impl Coordinator {
             }
             // From a branch a resume has thrown away.
             _ => {}
+        }
+    }
+
+    /// A run's first access to `named` (absolute, as the program named it).
+    fn accessed(
+        &mut self,
+        named: &Path,
+        checkpoint: Pid,
+        identity: Identity,
+        fingerprint: Fingerprint,
+    ) {
+        let file = self.canonical(named);
+        let known = self.timeline.is_tracked(&file);
+        // Watch first, then look: an edit from now on is an event, an earlier one is
+        // seen in the comparison below.
+        if let Some(dir) = file.parent() {
+            self.watch(dir);
+        }
+        let (baseline, changed) = match fingerprint {
+            // The run left the reading to us: the content is what it read if the file
+            // still has the identity the run saw (see fingerprint.rs).
+            Fingerprint::Unknown => {
+                let baseline = Fingerprint::of_path_as(&file, &identity);
+                (baseline, baseline == Fingerprint::Unknown)
+            }
+            read => (read, Fingerprint::of_path(&file) != read),
+        };
+        if !self
+            .timeline
+            .accessed(file.clone(), checkpoint, self.epoch, baseline)
+        {
+            return;
+        }
+        if changed {
+            self.mark_pending(file.clone());
+        }
+        if !known {
+            self.report
+                .detail(&format!("watching {}", self.show(&file)));
+        }
+    }
+
+    /// Where the file really is: symlinks resolved, so that two names for it are one
+    /// dependency and its own directory is watched. Directories are resolved once.
+    fn canonical(&mut self, file: &Path) -> PathBuf {
+        let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+            return file.to_path_buf();
+        };
+        let real_dir = match self.canonical_dirs.get(dir) {
+            Some(real) => real.clone(),
+            None => match std::fs::canonicalize(dir) {
+                Ok(real) => {
+                    self.canonical_dirs.insert(dir.to_path_buf(), real.clone());
+                    real
+                }
+                Err(_) => dir.to_path_buf(),
+            },
+        };
+        let path = real_dir.join(name);
+        let is_link = CString::new(path.as_os_str().as_bytes())
+            .ok()
+            .and_then(|c| sys::lstat(&c).ok())
+            .is_some_and(|s| s.symlink);
+        if is_link {
+            std::fs::canonicalize(&path).unwrap_or(path)
+        } else {
+            path
         }
     }
 

@@ -6,11 +6,13 @@
 //!   (the regex crate, std, libc internals) go straight to the real function;
 //! - it does its own file I/O through raw syscalls (`sys`), never through hooked names;
 //! - it starts no thread, and holds no lock across a fork;
+//! - it looks after the real call succeeded, so a path that does not exist costs no
+//!   system call of ours;
 //! - on a path that does not match, it costs one path normalisation and one regex match.
 
 use crate::checkpoint;
 use crate::config::Settings;
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, Identity};
 use crate::path;
 use crate::report::Reporter;
 use crate::sys;
@@ -18,7 +20,7 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -209,19 +211,42 @@ pub fn at_exit() {
     }
 }
 
-/// Called before the real `open`/`stat`/... with the program's arguments.
-pub fn before_access(dirfd: RawFd, path: &CStr, intent: Intent) {
+/// What a hooked call that succeeded has in hand.
+#[derive(Debug, Clone, Copy)]
+pub enum Found {
+    /// A descriptor it opened (for `fopen`, the stream's descriptor).
+    Fd(RawFd),
+    /// A `stat` result: only the path.
+    Path,
+}
+
+/// What the hooked function does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Then {
+    /// Return the result of the real call.
+    Return,
+    /// This is a run resumed from a checkpoint taken during this very call, maybe long
+    /// after: release the result (close the descriptor) and make the real call again,
+    /// so the program gets the file as it is now.
+    CallAgain,
+}
+
+/// Called after a real `open`/`stat`/... succeeded, before its result reaches the
+/// program. Checking afterwards costs nothing for the many paths that do not exist
+/// (module searches): their result already says so.
+pub fn after_access(dirfd: RawFd, path: &CStr, intent: Intent, found: Found) -> Then {
     let Some(settings) = SETTINGS.get() else {
-        return;
+        return Then::Return;
     };
     let given = path.to_bytes();
     // Most paths a program touches do not match: when the name alone says so, nothing
     // else is done (no guard, no absolute path).
     if intent == Intent::Write || given.is_empty() || settings.filter.rejects_name(given) {
-        return;
+        return Then::Return;
     }
     let Some(_guard) = Guard::enter() else {
-        return;
+        return Then::Return;
     };
     path::with_absolute(dirfd, path, |abs| {
         // forkmon matched the name as the program passed it; a pattern anchored to a
@@ -231,9 +256,12 @@ pub fn before_access(dirfd: RawFd, path: &CStr, intent: Intent) {
                 && settings.filter.matches_relative_names()
                 && settings.filter.is_match(given));
         if matched {
-            first_access(abs);
+            first_access(abs, found)
+        } else {
+            Then::Return
         }
-    });
+    })
+    .unwrap_or(Then::Return)
 }
 
 /// Called after the program's `chdir`/`fchdir`: relative paths are made absolute with
@@ -243,40 +271,79 @@ pub fn cwd_changed() {
 }
 
 /// `abs` matched the filter: absolute, normalised, NUL-terminated.
-fn first_access(abs: &CStr) {
+fn first_access(abs: &CStr, found: Found) -> Then {
     let abs_bytes = abs.to_bytes();
     if process()
         .as_ref()
         .is_some_and(|p| p.seen.contains(abs_bytes))
     {
-        return;
+        return Then::Return;
     }
-    // One descriptor answers the three questions: is it an existing regular file (a
-    // probe for a missing module, as Lua's package.path and Python's sys.path make, or
-    // a directory, is no dependency), what is its canonical name, and what it holds.
-    let Ok(file) = sys::open_read(abs) else {
-        return;
+    // A directory, or a device, is no dependency.
+    let stat = match found {
+        Found::Fd(fd) => sys::fstat(fd),
+        Found::Path => sys::stat(abs),
     };
-    let stat = match sys::fstat(file.as_raw_fd()) {
+    let stat = match stat {
         Ok(stat) if stat.regular => stat,
-        _ => return,
+        _ => return Then::Return,
     };
-    let resolved = sys::fd_canonical(file.as_raw_fd())
-        .unwrap_or_else(|_| PathBuf::from(std::ffi::OsStr::from_bytes(abs_bytes)));
+    if !process()
+        .as_mut()
+        .is_some_and(|p| p.seen.insert(abs_bytes.into()))
     {
-        let mut guard = process();
-        let Some(p) = guard.as_mut() else { return };
-        // Two names for one file (a symlink, `..`) are one dependency.
-        let resolved_bytes = resolved.as_os_str().as_bytes();
-        let fresh_name = p.seen.insert(abs_bytes.into());
-        let fresh_file = resolved_bytes == abs_bytes || p.seen.insert(resolved_bytes.into());
-        if !fresh_name || !fresh_file {
-            return;
+        return Then::Return;
+    }
+    // Two names for one file (a symlink) are told apart by the coordinator, which
+    // resolves them on its own time.
+    let file = Path::new(std::ffi::OsStr::from_bytes(abs_bytes));
+    let seen = Observed::from_stat(file, &stat, found);
+    let opened = match found {
+        Found::Fd(fd) => Some(fd),
+        Found::Path => None,
+    };
+    checkpoint::at_first_access(file, seen, opened)
+}
+
+/// What the run knows of a file it is about to read: see [`crate::fingerprint`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Observed {
+    pub identity: Identity,
+    pub fingerprint: Fingerprint,
+}
+
+impl Observed {
+    fn from_stat(file: &Path, stat: &sys::FileStat, found: Found) -> Observed {
+        let identity = Identity::of(stat);
+        let fingerprint = if identity.settled() {
+            // The coordinator reads it, checking the identity.
+            Fingerprint::Unknown
+        } else {
+            match found {
+                Found::Fd(fd) => Fingerprint::of_open(fd, stat),
+                Found::Path => Fingerprint::of_path(file),
+            }
+        };
+        Observed {
+            identity,
+            fingerprint,
         }
     }
-    let fingerprint = Fingerprint::of_open(file.as_raw_fd(), &stat);
-    drop(file);
-    checkpoint::at_first_access(&resolved, fingerprint);
+
+    /// The file as it is now (a resumed run, about to make the real call again).
+    pub fn now(file: &Path) -> Observed {
+        let stat = CString::new(file.as_os_str().as_bytes())
+            .ok()
+            .and_then(|c| sys::stat(&c).ok())
+            .filter(|s| s.regular);
+        match stat {
+            Some(stat) => Observed::from_stat(file, &stat, Found::Path),
+            None => Observed {
+                identity: Identity::default(),
+                fingerprint: Fingerprint::Missing,
+            },
+        }
+    }
 }
 
 /// The environment for a program about to be exec'd, if it must change: once a

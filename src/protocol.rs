@@ -10,7 +10,7 @@
 //! bumps the epoch at each resume; messages still in flight from the branch it just
 //! threw away carry the old epoch and are dropped.
 
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, Identity};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -28,12 +28,15 @@ pub enum Up {
         elapsed_ns: u64,
         file: PathBuf,
     },
-    /// A run touched `file` for the first time; a change to it resumes from `checkpoint`.
-    /// `fingerprint` is the content the run is about to read.
+    /// A run touched `file` (absolute, as the program named it) for the first time; a
+    /// change to it resumes from `checkpoint`. `identity` is what `stat` said before
+    /// the program read it; `fingerprint` is the content, if the run read it itself
+    /// (`Unknown` if it left that to the coordinator, `Missing` if there was no file).
     Access {
         epoch: u64,
         checkpoint: Pid,
         elapsed_ns: u64,
+        identity: Identity,
         fingerprint: Fingerprint,
         file: PathBuf,
     },
@@ -93,6 +96,7 @@ impl Up {
                 epoch,
                 checkpoint,
                 elapsed_ns,
+                identity,
                 fingerprint,
                 file,
             } => {
@@ -100,6 +104,7 @@ impl Up {
                 w.extend(epoch.to_le_bytes());
                 w.extend(checkpoint.to_le_bytes());
                 w.extend(elapsed_ns.to_le_bytes());
+                w.extend(identity.to_bytes());
                 w.extend(fingerprint.to_bytes());
                 put_path(&mut w, file);
             }
@@ -149,6 +154,7 @@ impl Up {
                 epoch: r.u64()?,
                 checkpoint: r.i32()?,
                 elapsed_ns: r.u64()?,
+                identity: Identity::from_bytes(r.take(Identity::LEN)?).ok_or(Malformed)?,
                 fingerprint: Fingerprint::from_bytes(r.take(Fingerprint::LEN)?).ok_or(Malformed)?,
                 file: r.path()?,
             },
@@ -248,6 +254,13 @@ mod tests {
                 epoch: u64::MAX,
                 checkpoint: 99,
                 elapsed_ns: 0,
+                identity: Identity {
+                    dev: 1,
+                    ino: 2,
+                    size: 3,
+                    mtime_ns: 4,
+                    ctime_ns: 5,
+                },
                 fingerprint: Fingerprint::Content(0xdead_beef_u128 << 64 | 7),
                 file: PathBuf::from(OsStr::from_bytes(b"/x/\xff\xfe.py")),
             },
@@ -255,6 +268,7 @@ mod tests {
                 epoch: 0,
                 checkpoint: 1,
                 elapsed_ns: 5,
+                identity: Identity::default(),
                 fingerprint: Fingerprint::Missing,
                 file: "/gone".into(),
             },

@@ -40,7 +40,11 @@ pub struct FileStat {
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
-    pub mtime_ns: i128,
+    pub mtime_ns: i64,
+    /// Status change time: set by the kernel on every write, rename or chmod, and no
+    /// program can set it back.
+    pub ctime_ns: i64,
+    pub symlink: bool,
 }
 
 fn file_stat_from(st: &libc::stat) -> FileStat {
@@ -50,12 +54,23 @@ fn file_stat_from(st: &libc::stat) -> FileStat {
         dev: st.st_dev,
         ino: st.st_ino,
         size: st.st_size as u64,
-        mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+        mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+        ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+        symlink: st.st_mode & libc::S_IFMT == libc::S_IFLNK,
     }
 }
 
 /// `stat(2)` following symlinks, through the raw syscall.
 pub fn stat(path: &CStr) -> io::Result<FileStat> {
+    stat_at(path, 0)
+}
+
+/// `lstat(2)`: a symlink itself, not what it points to.
+pub fn lstat(path: &CStr) -> io::Result<FileStat> {
+    stat_at(path, libc::AT_SYMLINK_NOFOLLOW)
+}
+
+fn stat_at(path: &CStr, flags: libc::c_int) -> io::Result<FileStat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `path` is NUL-terminated; `st` is a valid out-pointer the kernel fills.
     cvt(unsafe {
@@ -64,7 +79,7 @@ pub fn stat(path: &CStr) -> io::Result<FileStat> {
             libc::AT_FDCWD,
             path.as_ptr(),
             st.as_mut_ptr(),
-            0,
+            flags,
         )
     })?;
     // SAFETY: the syscall succeeded, so the kernel wrote the whole struct.

@@ -32,6 +32,8 @@ pub struct Tracked {
     /// Changed, and a resume is under way: the new run has not read it yet. Deciding
     /// now could resume a second time for an edit the new run is about to read.
     pub awaiting: bool,
+    /// The branch (resume count) whose run read it.
+    pub epoch: u64,
 }
 
 /// What to do about a set of changed files.
@@ -76,12 +78,28 @@ impl Timeline {
         self.checkpoints.push(checkpoint);
     }
 
-    /// The run touched `file` for the first time, with `checkpoint` as its resume point.
-    /// Returns false (and records nothing) if that checkpoint is unknown: its message
-    /// was dropped as stale, so this access belongs to a run that is gone.
-    pub fn accessed(&mut self, file: PathBuf, checkpoint: Pid, baseline: Fingerprint) -> bool {
-        if self.position(checkpoint).is_none() {
+    /// The run of branch `epoch` touched `file` for the first time, with `checkpoint`
+    /// as its resume point. Returns false (and records nothing) if that checkpoint is
+    /// unknown (its message was dropped as stale, so this access belongs to a run that
+    /// is gone), or if the same run reached the file earlier under another name (a
+    /// symlink): the first access is the one that counts.
+    pub fn accessed(
+        &mut self,
+        file: PathBuf,
+        checkpoint: Pid,
+        epoch: u64,
+        baseline: Fingerprint,
+    ) -> bool {
+        let Some(position) = self.position(checkpoint) else {
             return false;
+        };
+        if let Some(earlier) = self.files.get(&file) {
+            let before = self
+                .position(earlier.checkpoint)
+                .is_some_and(|p| p <= position);
+            if earlier.epoch == epoch && before {
+                return false;
+            }
         }
         self.files.insert(
             file,
@@ -89,6 +107,7 @@ impl Timeline {
                 checkpoint,
                 baseline,
                 awaiting: false,
+                epoch,
             },
         );
         true
@@ -205,9 +224,9 @@ mod tests {
                 file: format!("/p/{name}.lua").into(),
                 elapsed: Duration::from_millis(ms),
             });
-            assert!(t.accessed(format!("/p/{name}.lua").into(), pid, fp(pid as u128)));
+            assert!(t.accessed(format!("/p/{name}.lua").into(), pid, 0, fp(pid as u128)));
         }
-        assert!(t.accessed("/p/d.lua".into(), 30, fp(40)));
+        assert!(t.accessed("/p/d.lua".into(), 30, 0, fp(40)));
         t
     }
 
@@ -298,7 +317,7 @@ mod tests {
             .unwrap();
         assert_eq!(r.checkpoint.pid, 10);
         // Messages from the discarded branch name checkpoints that are gone.
-        assert!(!t.accessed("/p/e.lua".into(), 30, fp(1)));
+        assert!(!t.accessed("/p/e.lua".into(), 30, 1, fp(1)));
         // The baseline of the changed file moved to what is on disk now.
         assert_eq!(
             t.decide(["/p/a.lua".into()], contents(&[("/p/a.lua", fp(11))])),
@@ -316,7 +335,7 @@ mod tests {
         assert!(t.is_awaiting(Path::new("/p/b.lua")));
         assert!(!t.is_awaiting(Path::new("/p/a.lua")));
         // The new run read a newer save (3): that is the baseline now.
-        assert!(t.accessed("/p/b.lua".into(), 20, fp(3)));
+        assert!(t.accessed("/p/b.lua".into(), 20, 1, fp(3)));
         assert!(!t.is_awaiting(Path::new("/p/b.lua")));
         assert_eq!(
             t.decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(3))])),
@@ -325,6 +344,22 @@ mod tests {
         t.resumed(1, &[("/p/b.lua".into(), fp(4))]);
         t.stop_awaiting();
         assert!(!t.is_awaiting(Path::new("/p/b.lua")));
+    }
+
+    #[test]
+    fn a_second_name_for_a_file_does_not_move_its_resume_point() {
+        let mut t = timeline();
+        // b.lua again, through a symlink, after checkpoint 30: it still resumes from 20.
+        assert!(!t.accessed("/p/b.lua".into(), 30, 0, fp(20)));
+        let r = t
+            .decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(9))]))
+            .unwrap();
+        assert_eq!(r.checkpoint.pid, 20);
+        // A content the run did not see is a change, whatever is on disk.
+        assert!(t.accessed("/p/x.lua".into(), 30, 0, Fingerprint::Unknown));
+        assert!(t
+            .decide(["/p/x.lua".into()], contents(&[("/p/x.lua", fp(1))]))
+            .is_some());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! libforkhook.so: the libc entry points through which programs open and stat files,
-//! interposed with `LD_PRELOAD`, and the load-time constructor. Each one tells the
-//! core (`forkhook::hook`) what is about to happen, then calls the real function.
+//! interposed with `LD_PRELOAD`, and the load-time constructor. Each one makes the real
+//! call, then, if it succeeded, tells the core (`forkhook::hook`) what the program is
+//! about to get; the core may take a checkpoint right there, and a run resumed from it
+//! makes the real call again.
 //!
 //! Nothing else lives here, on purpose: these symbols must exist only in this cdylib
 //! (a crate that also built an rlib would leak `open` into every binary linking it).
@@ -12,7 +14,7 @@
 //! or `O_TMPFILE` says the caller passed it.
 #![allow(clippy::missing_safety_doc)]
 
-use forkhook::hook::{before_access, cwd_changed, exec_environment, Intent};
+use forkhook::hook::{after_access, cwd_changed, exec_environment, Found, Intent, Then};
 use libc::{c_char, c_int, c_void, mode_t, pid_t, FILE};
 use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -59,16 +61,25 @@ fn missing<T>(fail: T) -> T {
     fail
 }
 
+/// Tells the core that a call on `path` succeeded; true if it must be made again.
+/// errno is kept as the real call left it.
+///
 /// # Safety
 /// `path` is what the program passed: NULL or a NUL-terminated string.
-unsafe fn note(dirfd: c_int, path: *const c_char, intent: Intent) {
-    if !path.is_null() {
-        before_access(dirfd, CStr::from_ptr(path), intent);
+unsafe fn again(dirfd: c_int, path: *const c_char, intent: Intent, found: Found) -> bool {
+    if path.is_null() {
+        return false;
     }
+    let errno = *libc::__errno_location();
+    let then = after_access(dirfd, CStr::from_ptr(path), intent, found);
+    *libc::__errno_location() = errno;
+    then == Then::CallAgain
 }
 
+/// A file opened to be written, truncated or created is the program's output, not a
+/// dependency (and with `O_CREAT` it may exist only because of this very call).
 fn open_intent(flags: c_int) -> Intent {
-    if flags & libc::O_ACCMODE == libc::O_WRONLY || flags & libc::O_TRUNC != 0 {
+    if flags & libc::O_ACCMODE == libc::O_WRONLY || flags & (libc::O_TRUNC | libc::O_CREAT) != 0 {
         Intent::Write
     } else {
         Intent::Read
@@ -91,11 +102,15 @@ macro_rules! hook_open {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
-            note(libc::AT_FDCWD, path, open_intent(flags));
-            match real!($name: fn(*const c_char, c_int, mode_t) -> c_int) {
-                Some(f) => f(path, flags, mode),
-                None => missing(-1),
+            let Some(f) = real!($name: fn(*const c_char, c_int, mode_t) -> c_int) else {
+                return missing(-1);
+            };
+            let fd = f(path, flags, mode);
+            if fd >= 0 && again(libc::AT_FDCWD, path, open_intent(flags), Found::Fd(fd)) {
+                libc::close(fd);
+                return f(path, flags, mode);
             }
+            fd
         }
     )*};
 }
@@ -105,11 +120,15 @@ macro_rules! hook_openat {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
-            note(dirfd, path, open_intent(flags));
-            match real!($name: fn(c_int, *const c_char, c_int, mode_t) -> c_int) {
-                Some(f) => f(dirfd, path, flags, mode),
-                None => missing(-1),
+            let Some(f) = real!($name: fn(c_int, *const c_char, c_int, mode_t) -> c_int) else {
+                return missing(-1);
+            };
+            let fd = f(dirfd, path, flags, mode);
+            if fd >= 0 && again(dirfd, path, open_intent(flags), Found::Fd(fd)) {
+                libc::close(fd);
+                return f(dirfd, path, flags, mode);
             }
+            fd
         }
     )*};
 }
@@ -121,11 +140,15 @@ macro_rules! hook_open_2 {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(path: *const c_char, flags: c_int) -> c_int {
-            note(libc::AT_FDCWD, path, open_intent(flags));
-            match real!($name: fn(*const c_char, c_int) -> c_int) {
-                Some(f) => f(path, flags),
-                None => missing(-1),
+            let Some(f) = real!($name: fn(*const c_char, c_int) -> c_int) else {
+                return missing(-1);
+            };
+            let fd = f(path, flags);
+            if fd >= 0 && again(libc::AT_FDCWD, path, open_intent(flags), Found::Fd(fd)) {
+                libc::close(fd);
+                return f(path, flags);
             }
+            fd
         }
     )*};
 }
@@ -135,11 +158,15 @@ macro_rules! hook_openat_2 {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
-            note(dirfd, path, open_intent(flags));
-            match real!($name: fn(c_int, *const c_char, c_int) -> c_int) {
-                Some(f) => f(dirfd, path, flags),
-                None => missing(-1),
+            let Some(f) = real!($name: fn(c_int, *const c_char, c_int) -> c_int) else {
+                return missing(-1);
+            };
+            let fd = f(dirfd, path, flags);
+            if fd >= 0 && again(dirfd, path, open_intent(flags), Found::Fd(fd)) {
+                libc::close(fd);
+                return f(dirfd, path, flags);
             }
+            fd
         }
     )*};
 }
@@ -149,11 +176,17 @@ macro_rules! hook_fopen {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(path: *const c_char, mode: *const c_char) -> *mut FILE {
-            note(libc::AT_FDCWD, path, fopen_intent(mode));
-            match real!($name: fn(*const c_char, *const c_char) -> *mut FILE) {
-                Some(f) => f(path, mode),
-                None => missing(std::ptr::null_mut()),
+            let Some(f) = real!($name: fn(*const c_char, *const c_char) -> *mut FILE) else {
+                return missing(std::ptr::null_mut());
+            };
+            let stream = f(path, mode);
+            if !stream.is_null()
+                && again(libc::AT_FDCWD, path, fopen_intent(mode), Found::Fd(libc::fileno(stream)))
+            {
+                libc::fclose(stream);
+                return f(path, mode);
             }
+            stream
         }
     )*};
 }
@@ -163,11 +196,17 @@ macro_rules! hook_freopen {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE {
-            note(libc::AT_FDCWD, path, fopen_intent(mode));
-            match real!($name: fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE) {
-                Some(f) => f(path, mode, stream),
-                None => missing(std::ptr::null_mut()),
+            let Some(f) = real!($name: fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE) else {
+                return missing(std::ptr::null_mut());
+            };
+            let reopened = f(path, mode, stream);
+            if !reopened.is_null()
+                && again(libc::AT_FDCWD, path, fopen_intent(mode), Found::Fd(libc::fileno(reopened)))
+            {
+                // freopen closes what the stream holds and opens the file anew.
+                return f(path, mode, reopened);
             }
+            reopened
         }
     )*};
 }
@@ -180,11 +219,14 @@ macro_rules! hook_stat {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(path: *const c_char, buf: *mut c_void) -> c_int {
-            note(libc::AT_FDCWD, path, Intent::Stat);
-            match real!($name: fn(*const c_char, *mut c_void) -> c_int) {
-                Some(f) => f(path, buf),
-                None => missing(-1),
+            let Some(f) = real!($name: fn(*const c_char, *mut c_void) -> c_int) else {
+                return missing(-1);
+            };
+            let result = f(path, buf);
+            if result == 0 && again(libc::AT_FDCWD, path, Intent::Stat, Found::Path) {
+                return f(path, buf);
             }
+            result
         }
     )*};
 }
@@ -194,11 +236,14 @@ macro_rules! hook_fstatat {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(dirfd: c_int, path: *const c_char, buf: *mut c_void, flags: c_int) -> c_int {
-            note(dirfd, path, Intent::Stat);
-            match real!($name: fn(c_int, *const c_char, *mut c_void, c_int) -> c_int) {
-                Some(f) => f(dirfd, path, buf, flags),
-                None => missing(-1),
+            let Some(f) = real!($name: fn(c_int, *const c_char, *mut c_void, c_int) -> c_int) else {
+                return missing(-1);
+            };
+            let result = f(dirfd, path, buf, flags);
+            if result == 0 && again(dirfd, path, Intent::Stat, Found::Path) {
+                return f(dirfd, path, buf, flags);
             }
+            result
         }
     )*};
 }
@@ -212,11 +257,15 @@ pub unsafe extern "C" fn statx(
     mask: libc::c_uint,
     buf: *mut c_void,
 ) -> c_int {
-    note(dirfd, path, Intent::Stat);
-    match real!(statx: fn(c_int, *const c_char, c_int, libc::c_uint, *mut c_void) -> c_int) {
-        Some(f) => f(dirfd, path, flags, mask, buf),
-        None => missing(-1),
+    let Some(f) = real!(statx: fn(c_int, *const c_char, c_int, libc::c_uint, *mut c_void) -> c_int)
+    else {
+        return missing(-1);
+    };
+    let result = f(dirfd, path, flags, mask, buf);
+    if result == 0 && again(dirfd, path, Intent::Stat, Found::Path) {
+        return f(dirfd, path, flags, mask, buf);
     }
+    result
 }
 
 // glibc before 2.33 compiled stat() into calls to these; old binaries still make them.
@@ -224,11 +273,14 @@ macro_rules! hook_xstat {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(version: c_int, path: *const c_char, buf: *mut c_void) -> c_int {
-            note(libc::AT_FDCWD, path, Intent::Stat);
-            match real!($name: fn(c_int, *const c_char, *mut c_void) -> c_int) {
-                Some(f) => f(version, path, buf),
-                None => missing(-1),
+            let Some(f) = real!($name: fn(c_int, *const c_char, *mut c_void) -> c_int) else {
+                return missing(-1);
+            };
+            let result = f(version, path, buf);
+            if result == 0 && again(libc::AT_FDCWD, path, Intent::Stat, Found::Path) {
+                return f(version, path, buf);
             }
+            result
         }
     )*};
 }
@@ -238,11 +290,14 @@ macro_rules! hook_fxstatat {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(version: c_int, dirfd: c_int, path: *const c_char, buf: *mut c_void, flags: c_int) -> c_int {
-            note(dirfd, path, Intent::Stat);
-            match real!($name: fn(c_int, c_int, *const c_char, *mut c_void, c_int) -> c_int) {
-                Some(f) => f(version, dirfd, path, buf, flags),
-                None => missing(-1),
+            let Some(f) = real!($name: fn(c_int, c_int, *const c_char, *mut c_void, c_int) -> c_int) else {
+                return missing(-1);
+            };
+            let result = f(version, dirfd, path, buf, flags);
+            if result == 0 && again(dirfd, path, Intent::Stat, Found::Path) {
+                return f(version, dirfd, path, buf, flags);
             }
+            result
         }
     )*};
 }
