@@ -17,6 +17,7 @@
 //! only ever runs the code in this file, and leaves with `_exit`, so the program's
 //! atexit handlers and stdio buffers are never run twice.
 
+use crate::budget::{Meter, Spending, Verdict};
 use crate::config::ThreadPolicy;
 use crate::coordinator;
 use crate::hook::{self, process, Observed, Then};
@@ -42,8 +43,8 @@ pub(crate) struct SessionState {
     pub checkpoint: Pid,
     /// `now - origin` is the time into the run as if it had started from scratch.
     pub origin: Instant,
-    /// Time this branch has spent taking checkpoints (for the budget).
-    pub spent: Duration,
+    /// What checkpoints have cost this branch of runs (see `budget`).
+    pub spending: Spending,
     /// Checkpoints above this run.
     pub depth: usize,
 }
@@ -136,16 +137,33 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
     };
 
     let mut then = Then::Return;
-    if !within_budget(&session, settings) {
-        report.detail(&format!(
-            "no checkpoint before {} (budget: checkpoints took {} of {}); a change to it \
-             resumes from an earlier one",
-            file.display(),
-            human(session.spent),
-            human(session.origin.elapsed()),
-        ));
+    let verdict = if session.depth == 0 {
+        // The first checkpoint (the program's start, as far as files go) is always taken.
+        Verdict::Take {
+            closing: Duration::ZERO,
+        }
+    } else {
+        let elapsed = session.origin.elapsed();
+        session
+            .spending
+            .afford(elapsed, settings.budget.time_share, &mut LiveMeter)
+    };
+    if let Verdict::Skip = verdict {
+        if report.verbose {
+            report.detail(&format!(
+                "no checkpoint before {} (budget: checkpoints took {} of {}); a change to it \
+                 resumes from an earlier one",
+                file.display(),
+                human(session.spending.total(&mut LiveMeter)),
+                human(session.origin.elapsed()),
+            ));
+        }
     } else if started_now || threads_allow(settings) {
-        match take(session, file, opened) {
+        let closing = match verdict {
+            Verdict::Take { closing } => closing,
+            Verdict::Skip => Duration::ZERO,
+        };
+        match take(session, file, opened, closing) {
             Ok(resumed) => {
                 if resumed.epoch != session.epoch {
                     // A run resumed from this checkpoint, maybe long after: the file
@@ -178,6 +196,9 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
     then
 }
 
+/// Cost of a copy-on-write fault if it cannot be measured (about what a VM takes).
+const DEFAULT_PAGE_COPY: Duration = Duration::from_micros(2);
+
 /// The first checkpoint turns this (original) process into the coordinator: it forks,
 /// the child carries on as the program, and this process never returns to it.
 fn start_session(opened: Option<RawFd>) -> io::Result<SessionState> {
@@ -193,6 +214,8 @@ fn start_session(opened: Option<RawFd>) -> io::Result<SessionState> {
     // Blocked before the fork: a Ctrl-C that reaches the coordinator before it got to
     // run must wait in its signalfd, not kill it (or run the program's handler).
     let program_mask = parked_signals().block();
+    // Pages shared by this fork, to time a copy-on-write fault on this machine.
+    let probe = sys::CowProbe::new();
     let forked = sys::fork();
     if !matches!(forked, Ok(Fork::Parent(_))) {
         program_mask.set_mask();
@@ -200,18 +223,28 @@ fn start_session(opened: Option<RawFd>) -> io::Result<SessionState> {
     match forked? {
         Fork::Child => {
             drop(coordinator_end);
+            let page_copy = probe
+                .as_ref()
+                .map_or(DEFAULT_PAGE_COPY, sys::CowProbe::time_copy);
+            drop(probe);
             Ok(SessionState {
                 up: member_end.into_raw_fd(),
                 up_inode,
                 epoch: 0,
                 checkpoint: 0,
                 origin: hook::start_time(),
-                spent: Duration::ZERO,
+                spending: Spending::new(
+                    page_copy,
+                    sys::minor_faults(),
+                    sys::anonymous_pages().unwrap_or(0),
+                ),
                 depth: 0,
             })
         }
         Fork::Parent(_) => {
             drop(member_end);
+            // Kept (64 KiB), so the pages stay shared while the run times its copies.
+            std::mem::forget(probe);
             if let Some(fd) = opened {
                 sys::close(fd);
             }
@@ -220,20 +253,16 @@ fn start_session(opened: Option<RawFd>) -> io::Result<SessionState> {
     }
 }
 
-/// Checkpoints are spent under a budget: a share of the run's time (a big process
-/// pays milliseconds per fork, and more in copy-on-write faults afterwards). A file
-/// without its own checkpoint resumes from the newest one before it, which is still
-/// before its first access. (The count is kept by the coordinator, which retires
-/// checkpoints past it.)
-fn within_budget(session: &SessionState, settings: &crate::config::Settings) -> bool {
-    if session.depth == 0 {
-        return true;
+/// The run's own counters, for the budget.
+struct LiveMeter;
+
+impl Meter for LiveMeter {
+    fn minor_faults(&mut self) -> u64 {
+        sys::minor_faults()
     }
-    // What checkpoints have cost so far, against the share of the time elapsed: an
-    // expensive one holds the next back until the run has caught up. (A checkpoint's
-    // cost is measured by its run, from before the fork until it runs again.)
-    session.spent.as_secs_f64()
-        <= settings.budget.time_share * session.origin.elapsed().as_secs_f64()
+    fn anonymous_pages(&mut self) -> u64 {
+        sys::anonymous_pages().unwrap_or(0)
+    }
 }
 
 /// fork(2) copies only the calling thread: say so once, and skip if told to.
@@ -264,7 +293,12 @@ fn threads_allow(settings: &crate::config::Settings) -> bool {
 /// Takes a checkpoint: announce it, fork, park the parent. Returns in the child, the
 /// run, with its updated state. Returns `Err` in this same process when no run could
 /// be forked: the program then carries on without this checkpoint.
-fn take(session: SessionState, file: &Path, opened: Option<RawFd>) -> io::Result<SessionState> {
+fn take(
+    session: SessionState,
+    file: &Path,
+    opened: Option<RawFd>,
+    closing: Duration,
+) -> io::Result<SessionState> {
     let began = Instant::now();
     sys::flush_stdio();
     let offsets = record_offsets();
@@ -299,6 +333,7 @@ fn take(session: SessionState, file: &Path, opened: Option<RawFd>) -> io::Result
         session,
         file: file.display().to_string(),
         opened,
+        closing,
     };
     match parked.park(began) {
         Ok(resumed) => Ok(resumed),
@@ -350,6 +385,8 @@ struct Parked {
     /// What the interrupted call opened: the run forked first keeps it, runs forked
     /// later make the call again.
     opened: Option<RawFd>,
+    /// What the interval before this checkpoint cost in page copies (see `budget`).
+    closing: Duration,
 }
 
 impl Parked {
@@ -494,7 +531,12 @@ impl Parked {
             checkpoint: sys::getppid(),
             // Time into the run restarts from where the checkpoint was.
             origin: Instant::now() - self.elapsed,
-            spent: self.session.spent + cost,
+            spending: self.session.spending.after_checkpoint(
+                self.closing,
+                cost,
+                sys::minor_faults(),
+                sys::anonymous_pages().unwrap_or(0),
+            ),
             depth: self.session.depth + 1,
         }
     }

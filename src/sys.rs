@@ -13,6 +13,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub type Pid = libc::pid_t;
 
@@ -649,6 +650,97 @@ pub fn memory_of(pid: Pid) -> Option<Memory> {
         pss: field("Pss:")?,
         private: field("Private_Clean:")? + field("Private_Dirty:")?,
     })
+}
+
+// ---------------------------------------------------------------- copy-on-write cost
+
+/// Minor page faults this process has taken (a forked child starts from zero). After
+/// a fork, a write to a page the parent still shares is one of them: the kernel copies
+/// the page.
+pub fn minor_faults() -> u64 {
+    let mut usage = MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: `usage` is a valid out-pointer the kernel fills on success.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return 0;
+    }
+    // SAFETY: getrusage succeeded and wrote the whole struct.
+    unsafe { usage.assume_init() }.ru_minflt as u64
+}
+
+/// Resident pages of this process that are not file-backed: those a fork shares and
+/// a later write copies. From /proc/self/statm (no page-table walk, unlike smaps).
+pub fn anonymous_pages() -> Option<u64> {
+    let mut buf = Vec::with_capacity(128);
+    read_small_file(c"/proc/self/statm", &mut buf).ok()?;
+    let mut fields = buf
+        .split(|b| b.is_ascii_whitespace())
+        .filter_map(|f| std::str::from_utf8(f).ok()?.parse::<u64>().ok());
+    let (_size, resident, shared) = (fields.next()?, fields.next()?, fields.next()?);
+    Some(resident.saturating_sub(shared))
+}
+
+/// A few pages written before a fork, to time copy-on-write faults after it.
+pub struct CowProbe {
+    base: *mut u8,
+}
+
+const PROBE_PAGES: usize = 16;
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    }
+}
+
+impl CowProbe {
+    /// Maps and writes the probe pages (so they are resident, and shared by a fork).
+    pub fn new() -> Option<CowProbe> {
+        let len = PROBE_PAGES * page_size();
+        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        let base = base as *mut u8;
+        for page in 0..PROBE_PAGES {
+            // SAFETY: inside the mapping just made, which is writable.
+            unsafe { base.add(page * page_size()).write_volatile(1) };
+        }
+        Some(CowProbe { base })
+    }
+
+    /// In a process forked after [`CowProbe::new`]: the median time to write to a page
+    /// the other process still shares, that is, to take a copy-on-write fault.
+    pub fn time_copy(&self) -> Duration {
+        let mut times: Vec<Duration> = (0..PROBE_PAGES)
+            .map(|page| {
+                let began = std::time::Instant::now();
+                // SAFETY: inside our mapping, still mapped (only Drop unmaps it).
+                unsafe { self.base.add(page * page_size()).write_volatile(2) };
+                began.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[PROBE_PAGES / 2]
+    }
+}
+
+impl Drop for CowProbe {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `new` made, which nothing else refers to.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, PROBE_PAGES * page_size()) };
+    }
 }
 
 // ---------------------------------------------------------------- signals
