@@ -52,6 +52,7 @@ pub(crate) struct SessionState {
 impl SessionState {
     /// Is `up` still our socket? If the program closed it, say so once: this run takes
     /// no more checkpoints (a resume from an earlier one gets a fresh connection).
+    /// Checked before each send: the number may now be one of the program's sockets.
     fn connected(&self) -> bool {
         if sys::fstat(self.up).is_ok_and(|s| s.socket && s.ino == self.up_inode) {
             return true;
@@ -61,8 +62,8 @@ impl SessionState {
             .is_some_and(|p| !std::mem::replace(&mut p.warned_closed, true));
         if first {
             hook::reporter().warn(&format!(
-                "the program closed forkhook's descriptor {}; files it reads from now on in \
-                 this run are not watched (earlier checkpoints still resume)",
+                "the program closed forkhook's descriptor {}; this run takes no more \
+                 checkpoints (a change to a file it reads from now on resumes from an earlier one)",
                 self.up
             ));
         }
@@ -73,9 +74,36 @@ impl SessionState {
         sys::send_message(self.up, &message.encode(), pass)
     }
 
+    /// Tells the coordinator through the ring, with no system call unless it sleeps
+    /// (then one wake-up); through the socket if the ring is full.
+    fn tell(&self, message: &Up) {
+        let bytes = message.encode();
+        match ring().and_then(|r| r.push(&bytes)) {
+            Some(false) => {}
+            Some(true) => {
+                if self.connected() {
+                    let _ = self.send(&Up::Wake, None);
+                }
+            }
+            None => {
+                if self.connected() {
+                    let _ = sys::send_message(self.up, &bytes, None);
+                }
+            }
+        }
+    }
+
     fn elapsed_ns(&self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
     }
+}
+
+/// The ring first accesses are told through (see `sys::Ring`), made at session start
+/// and shared by every process of the session.
+static RING: OnceLock<sys::Ring> = OnceLock::new();
+
+pub(crate) fn ring() -> Option<&'static sys::Ring> {
+    RING.get()
 }
 
 /// Terminal settings at session start, inherited by every checkpoint: a run killed
@@ -120,7 +148,6 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
     let report = hook::reporter();
     let session = process().as_ref().and_then(|p| p.session);
     let (mut session, started_now) = match session {
-        Some(s) if !s.connected() => return Then::Return,
         Some(s) => (s, false),
         // Checked before the session starts: the original process keeps every thread
         // when it becomes the coordinator, so the warning belongs here.
@@ -158,7 +185,7 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
                 human(session.origin.elapsed()),
             ));
         }
-    } else if started_now || threads_allow(settings) {
+    } else if started_now || (threads_allow(settings) && session.connected()) {
         let closing = match verdict {
             Verdict::Take { closing } => closing,
             Verdict::Skip => Duration::ZERO,
@@ -182,17 +209,14 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
     if let Some(p) = process().as_mut() {
         p.session = Some(session);
     }
-    let _ = session.send(
-        &Up::Access {
-            epoch: session.epoch,
-            checkpoint: session.checkpoint,
-            elapsed_ns: session.elapsed_ns(),
-            identity: seen.identity,
-            fingerprint: seen.fingerprint,
-            file: file.to_path_buf(),
-        },
-        None,
-    );
+    session.tell(&Up::Access {
+        epoch: session.epoch,
+        checkpoint: session.checkpoint,
+        elapsed_ns: session.elapsed_ns(),
+        identity: seen.identity,
+        fingerprint: seen.fingerprint,
+        file: file.to_path_buf(),
+    });
     then
 }
 
@@ -207,6 +231,9 @@ fn start_session(opened: Option<RawFd>) -> io::Result<SessionState> {
     let coordinator_end = sys::move_high(coordinator_end)?;
     let member_end = sys::move_high(member_end)?;
     let up_inode = sys::fstat(member_end.as_raw_fd())?.ino;
+    if let Ok(ring) = sys::Ring::new() {
+        let _ = RING.set(ring);
+    }
     hook::mark_session_started();
     if let Some(settings) = sys::tcgetattr(0) {
         let _ = TERMINAL.set(settings);

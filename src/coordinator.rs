@@ -8,15 +8,15 @@
 //! It runs inside the program's process image but never returns to the program: it
 //! leaves with `_exit`, and every signal it cares about arrives through a signalfd.
 
-use crate::checkpoint::{end_descendants, parked_signals};
+use crate::checkpoint::{self, end_descendants, parked_signals};
 use crate::config::Settings;
-use crate::fingerprint::{Fingerprint, Identity};
+use crate::fingerprint::{Baseline, Fingerprint, Identity};
 use crate::hook;
-use crate::protocol::{Down, Up, MAX_UP_LEN};
+use crate::protocol::{Down, Malformed, Up, MAX_UP_LEN};
 use crate::report::{display_path, human, signal_name, Reporter};
 use crate::sys::{self, Exit, InotifyEvent, Pid};
 use crate::timeline::{Checkpoint, Resume, Timeline};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -50,8 +50,12 @@ const LOST_DIR_RETRY: Duration = Duration::from_millis(100);
 /// How long a changed file waits for the resumed run to read it before its next change
 /// is decided on anyway (a run that never gets there again, e.g. a server).
 const AWAIT_LIMIT: Duration = Duration::from_secs(5);
-/// See `drain_messages`.
+/// See `serve`.
 const MESSAGE_BATCH_PAUSE: Duration = Duration::from_millis(1);
+/// See `read_baselines`.
+const BASELINE_QUIET: Duration = Duration::from_millis(20);
+const BASELINE_MAX_WAIT: Duration = Duration::from_secs(2);
+const BASELINE_SLICE: usize = 256;
 /// Memory the session may always hold beyond the run's peak, whatever the share.
 const MEMORY_FLOOR: u64 = 32 << 20;
 /// How often the memory budget is checked while a run goes on (servers never end).
@@ -84,6 +88,13 @@ struct Coordinator {
     /// Directories that were removed while watched, until they come back.
     lost_dirs: BTreeSet<PathBuf>,
     warned_watch_limit: bool,
+    /// Files whose content the run read is known by identity only, with when they were
+    /// reported: read once the runs pause (see `read_baselines`).
+    unread: VecDeque<(PathBuf, Identity, Instant)>,
+    /// First accesses told before their checkpoint was (see `take_messages`).
+    early: Vec<Up>,
+    /// When the last message arrived: a run that sends none is not busy reading files.
+    last_message: Instant,
     /// Files with change events not yet decided on.
     pending: BTreeSet<PathBuf>,
     writing: HashSet<PathBuf>,
@@ -151,6 +162,9 @@ pub(crate) fn run(sock: OwnedFd) -> ! {
         watch_of_dir: HashMap::new(),
         lost_dirs: BTreeSet::new(),
         warned_watch_limit: false,
+        unread: VecDeque::new(),
+        early: Vec::new(),
+        last_message: Instant::now(),
         pending: BTreeSet::new(),
         writing: HashSet::new(),
         pending_since: None,
@@ -172,13 +186,29 @@ impl Coordinator {
     fn serve(&mut self) -> ! {
         let mut message = vec![0u8; MAX_UP_LEN];
         let mut events = Vec::new();
+        let ring = checkpoint::ring();
+        let mut busy = false;
         loop {
-            let timeout = self.next_timeout();
+            let mut timeout = self.next_timeout();
+            if busy {
+                // Messages came: let the run add more for a moment before looking
+                // again, rather than be woken for each (a run wakes us only when we
+                // sleep). Nothing waits on us meanwhile.
+                let pause = MESSAGE_BATCH_PAUSE.as_millis() as i32;
+                if timeout < 0 || timeout > pause {
+                    timeout = pause;
+                }
+            } else if ring.is_some_and(|r| !r.sleep()) {
+                timeout = 0;
+            }
             let mut fds = vec![self.sock.as_raw_fd(), self.signals.as_raw_fd()];
             if let Some(inotify) = &self.inotify {
                 fds.push(inotify.as_raw_fd());
             }
             let ready = sys::poll_readable(&fds, timeout).unwrap_or_default();
+            if let Some(ring) = ring {
+                ring.awake();
+            }
             if ready.get(1) == Some(&true) {
                 for sig in sys::read_signals(self.signals.as_raw_fd()) {
                     if sig == libc::SIGCHLD {
@@ -191,9 +221,7 @@ impl Coordinator {
                     }
                 }
             }
-            if ready.first() == Some(&true) {
-                self.drain_messages(&mut message);
-            }
+            busy = self.take_messages(ring, &mut message) > 0;
             if ready.get(2) == Some(&true) {
                 if let Some(inotify) = &self.inotify {
                     events.clear();
@@ -206,6 +234,7 @@ impl Coordinator {
                 }
             }
             self.retry_lost_dirs();
+            self.read_baselines();
             if self.settle_due() {
                 self.decide();
             }
@@ -220,30 +249,62 @@ impl Coordinator {
 
     // ------------------------------------------------------------ messages
 
-    /// Handles every queued message, then, if there were any, pauses a moment before
-    /// polling again. A run that reads a thousand files sends a thousand messages; a
-    /// sender pays for waking a sleeping receiver each time (most of a first access's
-    /// cost, measured), not for queueing behind a busy one. Nothing waits on us here:
-    /// the run never blocks on the coordinator.
-    fn drain_messages(&mut self, message: &mut [u8]) {
-        let mut handled = 0;
+    /// Handles what runs and checkpoints said: messages in the ring (first accesses)
+    /// and on the socket (the rest). Returns how many.
+    ///
+    /// Each process says things in order, but the ring and the socket are two ways: a
+    /// ring message may name a checkpoint announced on the socket just before, and a
+    /// run's end is told on the socket after its last ring message. So the socket's
+    /// messages go first but for run ends, which wait until the ring has been read
+    /// again; a first access whose checkpoint is still unknown waits for the next
+    /// round.
+    fn take_messages(&mut self, ring: Option<&sys::Ring>, buf: &mut [u8]) -> usize {
+        let mut ring_messages = Vec::new();
+        let take_ring = |into: &mut Vec<Result<Up, Malformed>>| {
+            if let Some(ring) = ring {
+                ring.take(|bytes| into.push(Up::decode(bytes)));
+            }
+        };
+        take_ring(&mut ring_messages);
+        let mut handled = ring_messages.len();
+        let mut ends = Vec::new();
         loop {
-            match sys::recv_message(self.sock.as_raw_fd(), message) {
+            match sys::recv_message(self.sock.as_raw_fd(), buf) {
                 Ok(Some((len, fd))) => {
                     handled += 1;
-                    match Up::decode(&message[..len]) {
-                        Ok(up) => self.on_message(up, fd),
-                        Err(_) => self
-                            .report
-                            .error("malformed message from a session process"),
+                    match Up::decode(&buf[..len]) {
+                        Ok(end @ Up::RunEnded { .. }) => ends.push(Ok(end)),
+                        message => self.handle(message, fd),
                     }
                 }
                 Ok(None) => self.all_gone(),
                 Err(_) => break,
             }
         }
+        let early = std::mem::take(&mut self.early);
+        for message in early.into_iter().map(Ok).chain(ring_messages) {
+            self.handle(message, None);
+        }
+        if !ends.is_empty() {
+            let mut last = Vec::new();
+            take_ring(&mut last);
+            handled += last.len();
+            for message in last.into_iter().chain(ends) {
+                self.handle(message, None);
+            }
+        }
         if handled > 0 {
-            std::thread::sleep(MESSAGE_BATCH_PAUSE);
+            self.last_message = Instant::now();
+        }
+        handled
+    }
+
+    fn handle(&mut self, message: Result<Up, Malformed>, fd: Option<OwnedFd>) {
+        match message {
+            Ok(up) => self.on_message(up, fd),
+            Err(_) => self
+                .report
+                .error("malformed message from a session process"),
         }
     }
 
@@ -272,7 +333,23 @@ impl Coordinator {
                 fingerprint,
                 file,
                 ..
-            } if epoch == self.epoch => self.accessed(&file, checkpoint, identity, fingerprint),
+            } if epoch == self.epoch => {
+                let announced = self.ever_checkpoints.contains(&checkpoint);
+                if self.timeline.position(checkpoint).is_none() && !announced {
+                    // Its checkpoint's announcement is still on its way (see
+                    // `take_messages`); a later epoch drops it.
+                    self.early.push(Up::Access {
+                        epoch,
+                        checkpoint,
+                        elapsed_ns: 0,
+                        identity,
+                        fingerprint,
+                        file,
+                    });
+                    return;
+                }
+                self.accessed(&file, checkpoint, identity, fingerprint)
+            }
             // Only the newest checkpoint's run is the run: a slower checkpoint may tell of
             // its child after that child became a checkpoint itself.
             Up::RunStarted {
@@ -343,13 +420,16 @@ impl Coordinator {
             self.watch(dir);
         }
         let (baseline, changed) = match fingerprint {
-            // The run left the reading to us: the content is what it read if the file
-            // still has the identity the run saw (see fingerprint.rs).
+            // The run left the reading to us. Not now: the run is likely busy reading
+            // more files, and would wait on the disk and the other CPU with us. Until
+            // then the identity stands for the content (see fingerprint.rs).
             Fingerprint::Unknown => {
-                let baseline = Fingerprint::of_path_as(&file, &identity);
-                (baseline, baseline == Fingerprint::Unknown)
+                self.unread
+                    .push_back((file.clone(), identity, Instant::now()));
+                let changed = Baseline::Unread(identity).differs_from(&file);
+                (Baseline::Unread(identity), changed)
             }
-            read => (read, Fingerprint::of_path(&file) != read),
+            read => (Baseline::Read(read), Fingerprint::of_path(&file) != read),
         };
         if !self
             .timeline
@@ -363,6 +443,33 @@ impl Coordinator {
         if !known {
             self.report
                 .detail(&format!("watching {}", self.show(&file)));
+        }
+    }
+
+    /// Reads the files known by identity only, once no message came for a moment (the
+    /// run is not loading files), or once they waited too long (a run that never
+    /// pauses). Until read, a save of the same content (or a `touch`) counts as a change.
+    fn read_baselines(&mut self) {
+        let Some(&(_, _, oldest)) = self.unread.front() else {
+            return;
+        };
+        let now = Instant::now();
+        if now < self.last_message + BASELINE_QUIET && now < oldest + BASELINE_MAX_WAIT {
+            return;
+        }
+        // In slices, so that events and messages are not kept waiting.
+        for _ in 0..BASELINE_SLICE {
+            let Some((file, seen, _)) = self.unread.pop_front() else {
+                return;
+            };
+            if self.timeline.baseline(&file) != Some(Baseline::Unread(seen)) {
+                continue;
+            }
+            match Fingerprint::of_path_as(&file, &seen) {
+                // Written since the run looked at it.
+                Fingerprint::Unknown => self.mark_pending(file),
+                read => self.timeline.baseline_read(&file, &seen, read),
+            }
         }
     }
 
@@ -561,6 +668,11 @@ impl Coordinator {
         if !self.lost_dirs.is_empty() {
             timeout = Some(timeout.map_or(LOST_DIR_RETRY, |t| t.min(LOST_DIR_RETRY)));
         }
+        if let Some(&(_, _, oldest)) = self.unread.front() {
+            let due = (self.last_message + BASELINE_QUIET).min(oldest + BASELINE_MAX_WAIT);
+            let wait = due.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+        }
         if self.run.is_some() {
             let check = self
                 .next_memory_check
@@ -614,7 +726,10 @@ impl Coordinator {
             self.writing.remove(path);
         }
         let names: Vec<String> = candidates.iter().map(|p| self.show(p)).collect();
-        match self.timeline.decide(candidates, Fingerprint::of_path) {
+        match self
+            .timeline
+            .decide(candidates, |path, baseline| baseline.differs_from(path))
+        {
             Some(resume) => self.resume(resume),
             None => self.report.detail(&format!(
                 "{}: content unchanged, nothing to do",

@@ -40,6 +40,16 @@ pub enum Fingerprint {
     Unknown,
 }
 
+/// What the coordinator knows of the content a run read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Baseline {
+    /// Its fingerprint.
+    Read(Fingerprint),
+    /// Not read yet (the coordinator waits for the run to pause, so as not to compete
+    /// with it): the file holds the same content as long as it has this identity.
+    Unread(Identity),
+}
+
 /// What `stat` says of a regular file, enough to tell it was not written since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Identity {
@@ -91,6 +101,23 @@ impl Identity {
             mtime_ns: i64::from_le_bytes(field(3)?),
             ctime_ns: i64::from_le_bytes(field(4)?),
         })
+    }
+}
+
+impl Baseline {
+    /// Does the file at `path` hold something else than the run read?
+    pub fn differs_from(&self, path: &Path) -> bool {
+        match self {
+            Baseline::Read(fingerprint) => Fingerprint::of_path(path) != *fingerprint,
+            Baseline::Unread(identity) => {
+                let now = CString::new(path.as_os_str().as_bytes())
+                    .ok()
+                    .and_then(|c| sys::stat(&c).ok())
+                    .filter(|s| s.regular)
+                    .map(|s| Identity::of(&s));
+                now != Some(*identity)
+            }
+        }
     }
 }
 

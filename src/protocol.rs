@@ -56,6 +56,8 @@ pub enum Up {
     /// The checkpoint `pid` announced could not fork its run; it carries on as the
     /// run itself, and is no checkpoint.
     CheckpointFailed { epoch: u64, pid: Pid, errno: i32 },
+    /// Nothing but a wake-up: there are messages in the ring (see `sys::Ring`).
+    Wake,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +138,7 @@ impl Up {
                 w.extend(pid.to_le_bytes());
                 w.extend(errno.to_le_bytes());
             }
+            Up::Wake => w.push(6),
         }
         w
     }
@@ -174,6 +177,7 @@ impl Up {
                 pid: r.i32()?,
                 errno: r.i32()?,
             },
+            6 => Up::Wake,
             _ => return Err(Malformed),
         };
         Ok(msg)
@@ -288,6 +292,7 @@ mod tests {
                 pid: 5,
                 errno: libc::EAGAIN,
             },
+            Up::Wake,
         ];
         for m in messages {
             assert_eq!(Up::decode(&m.encode()), Ok(m));

@@ -13,6 +13,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 pub type Pid = libc::pid_t;
@@ -650,6 +651,157 @@ pub fn memory_of(pid: Pid) -> Option<Memory> {
         pss: field("Pss:")?,
         private: field("Private_Clean:")? + field("Private_Dirty:")?,
     })
+}
+
+// ---------------------------------------------------------------- shared message ring
+
+/// A ring of messages in memory shared by every process of a session (an anonymous
+/// shared mapping, inherited by fork): runs append, the coordinator takes. Appending
+/// costs no system call, and the coordinator reads on its own time.
+///
+/// One writer at a time: only the run appends, and a resume ends the old run before
+/// the next one starts. A run killed halfway through an append never published it (the
+/// write position moves last), and the next run writes over it.
+///
+/// Positions only grow; a message is stored whole, as its length then its bytes, and
+/// one that would cross the end of the buffer starts again at its beginning after a
+/// `WRAP` marker.
+pub struct Ring {
+    base: *mut u8,
+}
+
+// SAFETY: the mapping lives as long as the process; all access to the shared header
+// goes through atomics, and the data bytes are published with release/acquire.
+unsafe impl Send for Ring {}
+unsafe impl Sync for Ring {}
+
+#[repr(C)]
+struct RingHeader {
+    /// End of the published messages (written by the run).
+    write: AtomicU64,
+    /// End of the messages taken (written by the coordinator).
+    read: AtomicU64,
+    /// The coordinator is about to sleep, or sleeps, until it is woken.
+    sleeping: AtomicU32,
+}
+
+const RING_DATA: usize = 1 << 20;
+const RING_HEADER: usize = 64;
+const RING_WRAP: u32 = u32::MAX;
+
+impl Ring {
+    pub fn new() -> io::Result<Ring> {
+        // SAFETY: a fresh shared anonymous mapping; no existing memory is affected.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                RING_HEADER + RING_DATA,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // Zero-filled by the kernel: positions 0, not sleeping.
+        Ok(Ring {
+            base: base as *mut u8,
+        })
+    }
+
+    fn header(&self) -> &RingHeader {
+        // SAFETY: the header sits at the start of the mapping, which is aligned to a
+        // page and never unmapped; it holds only atomics.
+        unsafe { &*(self.base as *const RingHeader) }
+    }
+
+    fn data(&self, at: u64) -> *mut u8 {
+        // SAFETY: `at % RING_DATA` is inside the data area of the mapping.
+        unsafe {
+            self.base
+                .add(RING_HEADER + (at % RING_DATA as u64) as usize)
+        }
+    }
+
+    /// Appends `message`. Returns `None` if it does not fit now (the coordinator is
+    /// behind), else whether the coordinator sleeps and must be woken.
+    pub fn push(&self, message: &[u8]) -> Option<bool> {
+        let h = self.header();
+        let mut write = h.write.load(Ordering::Relaxed);
+        let read = h.read.load(Ordering::Acquire);
+        let need = 4 + message.len() as u64;
+        let room_to_end = RING_DATA as u64 - write % RING_DATA as u64;
+        let wrap = if room_to_end < need { room_to_end } else { 0 };
+        if need > RING_DATA as u64 / 4 || write + wrap + need - read > RING_DATA as u64 {
+            return None;
+        }
+        if wrap > 0 {
+            if room_to_end >= 4 {
+                // SAFETY: 4 bytes inside the data area (room_to_end >= 4); unaligned
+                // writes are allowed by write_unaligned.
+                unsafe { (self.data(write) as *mut u32).write_unaligned(RING_WRAP) };
+            }
+            write += wrap;
+        }
+        // SAFETY: `need` bytes from `write` lie inside the data area (no wrap left),
+        // and the coordinator does not read them before `write` is published below.
+        unsafe {
+            (self.data(write) as *mut u32).write_unaligned(message.len() as u32);
+            std::ptr::copy_nonoverlapping(message.as_ptr(), self.data(write + 4), message.len());
+        }
+        h.write.store(write + need, Ordering::SeqCst);
+        Some(h.sleeping.swap(0, Ordering::SeqCst) == 1)
+    }
+
+    /// Takes every published message, oldest first.
+    pub fn take(&self, mut each: impl FnMut(&[u8])) {
+        let h = self.header();
+        let end = h.write.load(Ordering::Acquire);
+        let mut at = h.read.load(Ordering::Relaxed);
+        let mut buf = Vec::new();
+        while at < end {
+            let room_to_end = RING_DATA as u64 - at % RING_DATA as u64;
+            if room_to_end < 4 {
+                at += room_to_end;
+                continue;
+            }
+            // SAFETY: 4 bytes inside the data area, published (before `end`).
+            let len = unsafe { (self.data(at) as *const u32).read_unaligned() };
+            if len == RING_WRAP || u64::from(len) + 4 > room_to_end {
+                at += room_to_end;
+                continue;
+            }
+            buf.clear();
+            // SAFETY: `len` bytes after the length lie inside the data area (checked
+            // above) and were published before `end`.
+            unsafe {
+                buf.extend_from_slice(std::slice::from_raw_parts(self.data(at + 4), len as usize))
+            };
+            at += 4 + u64::from(len);
+            each(&buf);
+        }
+        h.read.store(at.min(end), Ordering::Release);
+    }
+
+    /// The coordinator is going to sleep: true if it may (nothing came meanwhile),
+    /// false if there is something to take first. A later `push` reports that it
+    /// must be woken.
+    pub fn sleep(&self) -> bool {
+        let h = self.header();
+        h.sleeping.store(1, Ordering::SeqCst);
+        if h.write.load(Ordering::SeqCst) != h.read.load(Ordering::Relaxed) {
+            h.sleeping.store(0, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// The coordinator is awake (woken, or by a timeout): no wake-up needed.
+    pub fn awake(&self) {
+        self.header().sleeping.store(0, Ordering::SeqCst);
+    }
 }
 
 // ---------------------------------------------------------------- copy-on-write cost

@@ -8,7 +8,7 @@
 //! the program's first access to it. When several files changed, the earliest such
 //! checkpoint wins, and a file whose content did not change resumes nothing.
 
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Baseline, Fingerprint, Identity};
 use crate::protocol::Pid;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ pub struct Tracked {
     /// Resume point: a checkpoint taken before the first access.
     pub checkpoint: Pid,
     /// Content the current run read (or will read next time it gets there).
-    pub baseline: Fingerprint,
+    pub baseline: Baseline,
     /// Changed, and a resume is under way: the new run has not read it yet. Deciding
     /// now could resume a second time for an edit the new run is about to read.
     pub awaiting: bool,
@@ -88,7 +88,7 @@ impl Timeline {
         file: PathBuf,
         checkpoint: Pid,
         epoch: u64,
-        baseline: Fingerprint,
+        baseline: Baseline,
     ) -> bool {
         let Some(position) = self.position(checkpoint) else {
             return false;
@@ -126,19 +126,33 @@ impl Timeline {
         }
     }
 
+    /// The content the run read, once the coordinator has read it: only if the file
+    /// is still unread with that identity.
+    pub fn baseline_read(&mut self, path: &Path, seen: &Identity, fingerprint: Fingerprint) {
+        if let Some(tracked) = self.files.get_mut(path) {
+            if tracked.baseline == Baseline::Unread(*seen) {
+                tracked.baseline = Baseline::Read(fingerprint);
+            }
+        }
+    }
+
+    pub fn baseline(&self, path: &Path) -> Option<Baseline> {
+        self.files.get(path).map(|t| t.baseline)
+    }
+
     /// Of `candidates` (files with change events), those whose content now differs from
-    /// what the run read, as told by `now`; then the checkpoint to resume from.
+    /// what the run read, as told by `differs`; then the checkpoint to resume from.
     pub fn decide(
         &self,
         candidates: impl IntoIterator<Item = PathBuf>,
-        mut now: impl FnMut(&Path) -> Fingerprint,
+        mut differs: impl FnMut(&Path, &Baseline) -> bool,
     ) -> Option<Resume> {
         let mut changed: Vec<(usize, PathBuf)> = candidates
             .into_iter()
             .filter_map(|path| {
                 let tracked = self.files.get(&path)?;
                 let index = self.position(tracked.checkpoint)?;
-                (now(&path) != tracked.baseline).then_some((index, path))
+                differs(&path, &tracked.baseline).then_some((index, path))
             })
             .collect();
         changed.sort();
@@ -164,7 +178,7 @@ impl Timeline {
         }
         for (path, fingerprint) in now {
             if let Some(tracked) = self.files.get_mut(path) {
-                tracked.baseline = *fingerprint;
+                tracked.baseline = Baseline::Read(*fingerprint);
                 tracked.awaiting = true;
             }
         }
@@ -224,16 +238,24 @@ mod tests {
                 file: format!("/p/{name}.lua").into(),
                 elapsed: Duration::from_millis(ms),
             });
-            assert!(t.accessed(format!("/p/{name}.lua").into(), pid, 0, fp(pid as u128)));
+            assert!(t.accessed(format!("/p/{name}.lua").into(), pid, 0, read(pid as u128)));
         }
-        assert!(t.accessed("/p/d.lua".into(), 30, 0, fp(40)));
+        assert!(t.accessed("/p/d.lua".into(), 30, 0, read(40)));
         t
     }
 
-    fn contents(pairs: &[(&str, Fingerprint)]) -> impl FnMut(&Path) -> Fingerprint {
+    fn read(n: u128) -> Baseline {
+        Baseline::Read(fp(n))
+    }
+
+    /// What the disk holds, for `decide`: unread baselines count as changed.
+    fn contents(pairs: &[(&str, Fingerprint)]) -> impl FnMut(&Path, &Baseline) -> bool {
         let map: HashMap<PathBuf, Fingerprint> =
             pairs.iter().map(|(p, f)| (PathBuf::from(p), *f)).collect();
-        move |p| map.get(p).copied().unwrap_or(Fingerprint::Missing)
+        move |p, baseline| match baseline {
+            Baseline::Read(f) => map.get(p).copied().unwrap_or(Fingerprint::Missing) != *f,
+            Baseline::Unread(_) => true,
+        }
     }
 
     #[test]
@@ -317,7 +339,7 @@ mod tests {
             .unwrap();
         assert_eq!(r.checkpoint.pid, 10);
         // Messages from the discarded branch name checkpoints that are gone.
-        assert!(!t.accessed("/p/e.lua".into(), 30, 1, fp(1)));
+        assert!(!t.accessed("/p/e.lua".into(), 30, 1, read(1)));
         // The baseline of the changed file moved to what is on disk now.
         assert_eq!(
             t.decide(["/p/a.lua".into()], contents(&[("/p/a.lua", fp(11))])),
@@ -335,7 +357,7 @@ mod tests {
         assert!(t.is_awaiting(Path::new("/p/b.lua")));
         assert!(!t.is_awaiting(Path::new("/p/a.lua")));
         // The new run read a newer save (3): that is the baseline now.
-        assert!(t.accessed("/p/b.lua".into(), 20, 1, fp(3)));
+        assert!(t.accessed("/p/b.lua".into(), 20, 1, read(3)));
         assert!(!t.is_awaiting(Path::new("/p/b.lua")));
         assert_eq!(
             t.decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(3))])),
@@ -350,16 +372,43 @@ mod tests {
     fn a_second_name_for_a_file_does_not_move_its_resume_point() {
         let mut t = timeline();
         // b.lua again, through a symlink, after checkpoint 30: it still resumes from 20.
-        assert!(!t.accessed("/p/b.lua".into(), 30, 0, fp(20)));
+        assert!(!t.accessed("/p/b.lua".into(), 30, 0, read(20)));
         let r = t
             .decide(["/p/b.lua".into()], contents(&[("/p/b.lua", fp(9))]))
             .unwrap();
         assert_eq!(r.checkpoint.pid, 20);
         // A content the run did not see is a change, whatever is on disk.
-        assert!(t.accessed("/p/x.lua".into(), 30, 0, Fingerprint::Unknown));
+        assert!(t.accessed(
+            "/p/x.lua".into(),
+            30,
+            0,
+            Baseline::Read(Fingerprint::Unknown)
+        ));
         assert!(t
             .decide(["/p/x.lua".into()], contents(&[("/p/x.lua", fp(1))]))
             .is_some());
+    }
+
+    #[test]
+    fn an_unread_baseline_is_filled_in_only_if_still_unread() {
+        let mut t = timeline();
+        let seen = Identity {
+            ino: 7,
+            ..Identity::default()
+        };
+        assert!(t.accessed("/p/u.lua".into(), 30, 0, Baseline::Unread(seen)));
+        // Read with another identity (the run of another branch saw another file).
+        t.baseline_read(Path::new("/p/u.lua"), &Identity::default(), fp(1));
+        assert_eq!(
+            t.baseline(Path::new("/p/u.lua")),
+            Some(Baseline::Unread(seen))
+        );
+        t.baseline_read(Path::new("/p/u.lua"), &seen, fp(2));
+        assert_eq!(t.baseline(Path::new("/p/u.lua")), Some(read(2)));
+        assert_eq!(
+            t.decide(["/p/u.lua".into()], contents(&[("/p/u.lua", fp(2))])),
+            None
+        );
     }
 
     #[test]
