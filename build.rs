@@ -53,4 +53,11 @@ fn main() {
         "cargo:rustc-env=FORKHOOK_EMBEDDED_LIBRARY={}",
         embedded.display()
     );
+    // Its hash names the cached copy. Computed here, so that a launch does not read
+    // the 2 MB it carries just to find the copy already there.
+    let bytes = std::fs::read(&embedded).expect("read libforkhook.so");
+    println!(
+        "cargo:rustc-env=FORKHOOK_EMBEDDED_HASH={:016x}",
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    );
 }

@@ -131,8 +131,9 @@ impl std::fmt::Display for LaunchError {
 /// Runs the launcher with `library`, the bytes of libforkhook.so (embedded in the
 /// binary by build.rs); returns only on error (after a successful exec, the command
 /// runs in this process).
-pub fn main(cli: Cli, library: &[u8]) -> Result<(), LaunchError> {
-    let library = install_library(library).map_err(LaunchError::Library)?;
+/// `library` is the embedded libforkhook.so, `hash` its hash (computed at build time).
+pub fn main(cli: Cli, library: &[u8], hash: &str) -> Result<(), LaunchError> {
+    let library = install_library(library, hash).map_err(LaunchError::Library)?;
     if cli.print_library {
         println!("{}", library.display());
         return Ok(());
@@ -228,9 +229,8 @@ pub fn filter_regex(exts: &[String], filters: &[String]) -> Result<Option<String
 /// Writes the embedded library to `<cache>/forkhook/libforkhook-<hash>.so` once; the
 /// hash in the name lets versions live side by side. Written to a temporary name and
 /// renamed, so a concurrent launch never preloads a half-written file.
-pub fn install_library(bytes: &[u8]) -> io::Result<PathBuf> {
-    let hash = xxhash_rust::xxh3::xxh3_64(bytes);
-    let name = format!("libforkhook-{hash:016x}.so");
+pub fn install_library(bytes: &[u8], hash: &str) -> io::Result<PathBuf> {
+    let name = format!("libforkhook-{hash}.so");
     let mut last_error = io::Error::other("no cache directory");
     for dir in cache_dirs() {
         match install_into(&dir, &name, bytes) {
