@@ -72,6 +72,12 @@ impl Spending {
     /// Can a run `elapsed` into its work, allowed `share` of it for checkpoints,
     /// afford one more now?
     pub fn afford(&mut self, elapsed: Duration, share: f64, meter: &mut impl Meter) -> Verdict {
+        if share >= 1.0 {
+            // No limit: a checkpoint before every file.
+            return Verdict::Take {
+                closing: self.open(meter),
+            };
+        }
         if elapsed < self.next_check {
             return Verdict::Skip;
         }
@@ -120,10 +126,15 @@ impl Spending {
         }
     }
 
+    /// What the copies since the newest checkpoint cost so far.
+    pub fn open(&self, meter: &mut impl Meter) -> Duration {
+        let pages = meter.anonymous_pages();
+        self.page_copy * self.copied(meter.minor_faults(), pages) as u32
+    }
+
     /// What checkpoints have cost so far, with the copies of the open interval.
     pub fn total(&self, meter: &mut impl Meter) -> Duration {
-        let pages = meter.anonymous_pages();
-        self.spent + self.page_copy * self.copied(meter.minor_faults(), pages) as u32
+        self.spent + self.open(meter)
     }
 }
 
@@ -215,6 +226,18 @@ mod tests {
             s.afford(Duration::from_millis(300), 0.03, &mut m),
             Verdict::Take { closing: 300 * US }
         );
+    }
+
+    #[test]
+    fn a_share_of_one_takes_every_checkpoint() {
+        let mut s = after_one(25_600);
+        let mut m = Fake {
+            faults: 30_000,
+            pages: 25_600,
+            asked_pages: 0,
+        };
+        assert!(matches!(s.afford(MS, 1.0, &mut m), Verdict::Take { .. }));
+        assert_eq!(s.afford(MS, 0.99, &mut m), Verdict::Skip);
     }
 
     #[test]

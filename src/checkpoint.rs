@@ -26,6 +26,7 @@ use crate::report::human;
 use crate::sys::{self, Fork, Pid, SignalSet};
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -164,10 +165,17 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
     };
 
     let mut then = Then::Return;
+    let hot = || ring().is_some_and(|r| r.is_hot(sys::path_hash(file.as_os_str().as_bytes())));
     let verdict = if session.depth == 0 {
         // The first checkpoint (the program's start, as far as files go) is always taken.
         Verdict::Take {
             closing: Duration::ZERO,
+        }
+    } else if hot() {
+        // The file whose edit started this run: it will likely be edited again, and a
+        // checkpoint right before it makes that resume the shortest.
+        Verdict::Take {
+            closing: session.spending.open(&mut LiveMeter),
         }
     } else {
         let elapsed = session.origin.elapsed();

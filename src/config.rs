@@ -156,7 +156,7 @@ impl Settings {
             "FORKHOOK_CHECKPOINT_SHARE",
             DEFAULT_TIME_SHARE,
             1.0,
-            "a fraction between 0 and 1, e.g. 0.03",
+            "a fraction between 0 and 1, e.g. 0.03 (1: a checkpoint before every file)",
         )?;
         let memory_share = share(
             "FORKHOOK_MEMORY_SHARE",

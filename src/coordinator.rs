@@ -437,6 +437,8 @@ impl Coordinator {
         {
             return;
         }
+        self.timeline
+            .set_name_hash(&file, sys::path_hash(named.as_os_str().as_bytes()));
         if changed {
             self.mark_pending(file.clone());
         }
@@ -753,6 +755,12 @@ impl Coordinator {
         for gone in self.timeline.resumed(index, &now) {
             // Closing its order pipe also tells a later checkpoint to end its subtree.
             self.orders.remove(&gone);
+        }
+        // The run to come takes a checkpoint right before these, whatever its budget:
+        // a file just edited is the likeliest to be edited again.
+        if let Some(ring) = checkpoint::ring() {
+            let hot: Vec<u64> = changed.iter().map(|p| self.timeline.name_hash(p)).collect();
+            ring.set_hot(&hot);
         }
         let order = Down::Resume { epoch: self.epoch }.encode();
         let sent = self

@@ -683,10 +683,15 @@ struct RingHeader {
     read: AtomicU64,
     /// The coordinator is about to sleep, or sleeps, until it is woken.
     sleeping: AtomicU32,
+    /// Hashes of the files whose change started the current run (0: none), so it can
+    /// take a checkpoint right before them: they are the files being edited.
+    hot: [AtomicU64; RING_HOT],
 }
 
+const RING_HOT: usize = 8;
+
 const RING_DATA: usize = 1 << 20;
-const RING_HEADER: usize = 64;
+const RING_HEADER: usize = 128;
 const RING_WRAP: u32 = u32::MAX;
 
 impl Ring {
@@ -802,6 +807,25 @@ impl Ring {
     pub fn awake(&self) {
         self.header().sleeping.store(0, Ordering::SeqCst);
     }
+
+    /// The coordinator notes which files (by `path_hash`) the next run resumes for.
+    pub fn set_hot(&self, hashes: &[u64]) {
+        for (i, slot) in self.header().hot.iter().enumerate() {
+            slot.store(hashes.get(i).copied().unwrap_or(0), Ordering::Release);
+        }
+    }
+
+    pub fn is_hot(&self, hash: u64) -> bool {
+        self.header()
+            .hot
+            .iter()
+            .any(|slot| slot.load(Ordering::Acquire) == hash)
+    }
+}
+
+/// The hash of a path that runs and the coordinator agree on (never 0).
+pub fn path_hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes) | 1
 }
 
 // ---------------------------------------------------------------- copy-on-write cost

@@ -34,6 +34,8 @@ pub struct Tracked {
     pub awaiting: bool,
     /// The branch (resume count) whose run read it.
     pub epoch: u64,
+    /// `sys::path_hash` of the name the run used for it.
+    pub name_hash: u64,
 }
 
 /// What to do about a set of changed files.
@@ -108,6 +110,7 @@ impl Timeline {
                 baseline,
                 awaiting: false,
                 epoch,
+                name_hash: 0,
             },
         );
         true
@@ -134,6 +137,16 @@ impl Timeline {
                 tracked.baseline = Baseline::Read(fingerprint);
             }
         }
+    }
+
+    pub fn set_name_hash(&mut self, path: &Path, hash: u64) {
+        if let Some(tracked) = self.files.get_mut(path) {
+            tracked.name_hash = hash;
+        }
+    }
+
+    pub fn name_hash(&self, path: &Path) -> u64 {
+        self.files.get(path).map_or(0, |t| t.name_hash)
     }
 
     pub fn baseline(&self, path: &Path) -> Option<Baseline> {

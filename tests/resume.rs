@@ -438,6 +438,79 @@ fn touch_and_same_content_saves_resume_nothing() {
     run_ended(&mut s);
 }
 
+/// Files changed more than 3 s before the run reads them are read by the coordinator
+/// on its own time (the run only notes what `stat` says): the same saves still resume
+/// nothing, and a real change still resumes.
+#[test]
+fn touch_and_same_content_saves_of_older_files_resume_nothing() {
+    let _l = lock();
+    if !require_tool("lua5.4") {
+        return;
+    }
+    let dir = TempDir::new("no-change-old");
+    two_module_lua(&dir);
+    std::thread::sleep(Duration::from_millis(3200));
+    let mut s = start_lua(&dir);
+    s.expect_stdout("done", T);
+    run_ended(&mut s);
+    // The coordinator reads the files once the run has been quiet for a moment.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let b = dir.join("b.lua");
+    touch(&b);
+    save_truncate_write(&b, "print('b: 1')\n");
+    save_rename_over(&b, "print('b: 1')\n");
+    let lines = s.collect_for(Duration::from_millis(800));
+    assert!(
+        lines.is_empty(),
+        "a save without a change resumed something: {lines:?}"
+    );
+    save_truncate_write(&b, "print('b: 2')\n");
+    s.expect_stdout("b: 2", T);
+    run_ended(&mut s);
+}
+
+/// The file an edit resumed for is the likeliest to be edited next: the resumed run
+/// takes a checkpoint right before it, whatever the budget, so the next edit resumes
+/// from there.
+#[test]
+fn the_edited_file_gets_a_checkpoint_of_its_own() {
+    let _l = lock();
+    if !require_tool("lua5.4") {
+        return;
+    }
+    let dir = TempDir::new("hot");
+    dir.write(
+        "main.lua",
+        "local x = 0 for i = 1, 2e7 do x = x + i end\n\
+         for i = 1, 60 do require('m' .. i) end\n\
+         print('done ' .. M60)\n",
+    );
+    for i in 1..=60 {
+        dir.write(format!("m{i}.lua"), &format!("M{i} = {i}\n"));
+    }
+    let mut s = start_lua(&dir);
+    s.expect_stdout("done 60", T);
+    run_ended(&mut s);
+    save_rename_over(&dir.join("m60.lua"), "M60 = 'a'\n");
+    s.expect_stdout("done a", T);
+    run_ended(&mut s);
+    save_rename_over(&dir.join("m60.lua"), "M60 = 'b'\n");
+    s.expect_stdout("done b", T);
+    run_ended(&mut s);
+    let resumes: Vec<String> = s
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("resuming from"))
+        .collect();
+    assert_eq!(resumes.len(), 2, "{}", s.transcript());
+    assert!(
+        !resumes[0].contains("(before m60.lua)") && resumes[1].contains("(before m60.lua)"),
+        "{}",
+        s.transcript()
+    );
+}
+
 #[test]
 fn two_files_saved_together_resume_once_from_the_earlier() {
     let _l = lock();
