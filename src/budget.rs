@@ -12,10 +12,9 @@
 //! So the run counts both. Forks are timed. Copies are counted: the minor faults taken
 //! since the newest checkpoint, less those that brought in new memory (the growth of
 //! the anonymous resident pages), at most one per page the checkpoint shares, times the
-//! cost of one copy measured at session start. Before taking a checkpoint, the run also predicts
-//! what it will cost: one fork like the last, and copies of the pages it shares now in
-//! the proportion the last interval rewrote. A checkpoint is taken only if all of that
-//! stays within a share of the time the run has been going.
+//! cost of one copy measured at session start. A checkpoint is taken only if all of
+//! that stays within a share of the time the run has been going. What the next one will
+//! cost is not predicted (see `Spending::afford`).
 //!
 //! Pure arithmetic: the run passes in what it measured, so every rule is unit-tested.
 

@@ -228,6 +228,9 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
     then
 }
 
+/// How long a parked checkpoint waits before it gives back its file pages.
+const PARKED_RELEASE_AFTER: Duration = Duration::from_millis(250);
+
 /// Cost of a copy-on-write fault if it cannot be measured (about what a VM takes).
 const DEFAULT_PAGE_COPY: Duration = Duration::from_micros(2);
 
@@ -278,12 +281,11 @@ fn start_session(opened: Option<RawFd>) -> io::Result<SessionState> {
         }
         Fork::Parent(_) => {
             drop(member_end);
-            // Kept (64 KiB), so the pages stay shared while the run times its copies.
-            std::mem::forget(probe);
             if let Some(fd) = opened {
                 sys::close(fd);
             }
-            coordinator::run(coordinator_end)
+            // The probe's pages stay shared while the run times its copies.
+            coordinator::run(coordinator_end, probe)
         }
     }
 }
@@ -466,9 +468,21 @@ impl Parked {
             human(began.elapsed())
         ));
 
+        // Code and constants this process mapped while it was the run are given back
+        // once parked for a moment (see `sys::release_file_pages`); not at once, since
+        // the budgets may retire it soon and the run has work to do meanwhile.
+        let mut idle_release = Some(PARKED_RELEASE_AFTER);
         loop {
-            let ready = sys::poll_readable(&[self.orders.as_raw_fd(), sigchld.as_raw_fd()], -1)
-                .unwrap_or_else(|_| vec![false, false]);
+            let timeout = idle_release.map_or(-1, |d| d.as_millis() as i32);
+            let ready =
+                sys::poll_readable(&[self.orders.as_raw_fd(), sigchld.as_raw_fd()], timeout)
+                    .unwrap_or_else(|_| vec![false, false]);
+            if !ready.contains(&true) {
+                if idle_release.take().is_some() {
+                    sys::release_file_pages();
+                }
+                continue;
+            }
             if ready[1] {
                 sys::read_signals(sigchld.as_raw_fd());
                 while let Ok(Some((pid, status, peak_memory))) = sys::wait_any_with_peak(false) {

@@ -56,6 +56,8 @@ const MESSAGE_BATCH_PAUSE: Duration = Duration::from_millis(1);
 const BASELINE_QUIET: Duration = Duration::from_millis(20);
 const BASELINE_MAX_WAIT: Duration = Duration::from_secs(2);
 const BASELINE_SLICE: usize = 256;
+/// Memory is given back once messages stopped coming for this long (see `tidy`).
+const TIDY_QUIET: Duration = Duration::from_millis(100);
 /// Memory the session may always hold beyond the run's peak, whatever the share.
 const MEMORY_FLOOR: u64 = 32 << 20;
 /// How often the memory budget is checked while a run goes on (servers never end).
@@ -114,10 +116,15 @@ struct Coordinator {
     /// What the next RunStarted skipped (set when a resume is ordered).
     next_skipped: Duration,
     runs_started: u64,
+    /// Messages came since memory was last given back (see `tidy`).
+    untidy: bool,
+    /// The copy-on-write probe (see `checkpoint::start_session`), shared with the first
+    /// run until it has timed its copies, which it does before it says anything.
+    probe: Option<sys::CowProbe>,
 }
 
 /// Becomes the coordinator, talking to the session's processes over `sock`.
-pub(crate) fn run(sock: OwnedFd) -> ! {
+pub(crate) fn run(sock: OwnedFd, probe: Option<sys::CowProbe>) -> ! {
     let Some(settings) = hook::settings() else {
         sys::exit_now(1)
     };
@@ -178,6 +185,8 @@ pub(crate) fn run(sock: OwnedFd) -> ! {
         ever_checkpoints: HashSet::new(),
         next_skipped: Duration::ZERO,
         runs_started: 0,
+        untidy: true,
+        probe,
     };
     coordinator.serve()
 }
@@ -235,6 +244,7 @@ impl Coordinator {
             }
             self.retry_lost_dirs();
             self.read_baselines();
+            self.tidy();
             if self.settle_due() {
                 self.decide();
             }
@@ -295,6 +305,7 @@ impl Coordinator {
         }
         if handled > 0 {
             self.last_message = Instant::now();
+            self.untidy = true;
         }
         handled
     }
@@ -473,6 +484,26 @@ impl Coordinator {
                 read => self.timeline.baseline_read(&file, &seen, read),
             }
         }
+    }
+
+    fn tidy_due(&self) -> Instant {
+        self.last_message + TIDY_QUIET
+    }
+
+    /// Gives back the memory the coordinator holds but does not use, once the session
+    /// has been quiet for a moment after messages (a run ended, or paused) and every
+    /// file has been read. This process started as the program: it has the pages the
+    /// program's start mapped, and those its own bursts of work left behind; every page
+    /// only it maps counts whole in the session's memory.
+    fn tidy(&mut self) {
+        if !self.untidy || Instant::now() < self.tidy_due() || !self.unread.is_empty() {
+            return;
+        }
+        self.untidy = false;
+        // Something came from the first run, so it has timed its copies.
+        self.probe = None;
+        sys::release_file_pages();
+        sys::trim_heap();
     }
 
     /// Where the file really is: symlinks resolved, so that two names for it are one
@@ -673,6 +704,10 @@ impl Coordinator {
         if let Some(&(_, _, oldest)) = self.unread.front() {
             let due = (self.last_message + BASELINE_QUIET).min(oldest + BASELINE_MAX_WAIT);
             let wait = due.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+        }
+        if self.untidy {
+            let wait = self.tidy_due().saturating_duration_since(Instant::now());
             timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
         }
         if self.run.is_some() {

@@ -653,6 +653,101 @@ pub fn memory_of(pid: Pid) -> Option<Memory> {
     })
 }
 
+/// Drops this process's pages of read-only file mappings (code and constants of the
+/// program and its libraries): the next use maps them again from the page cache, and
+/// processes that share them keep them. Returns the bytes of the mappings dropped.
+///
+/// For processes that stay idle after running much: the coordinator, which started as
+/// the program, and parked checkpoints. Each page only one process maps counts whole
+/// in the session's memory, and the kernel maps code 64 KiB at a time. A fork does
+/// not copy these page tables, so a forked run maps what it runs anyway.
+pub fn release_file_pages() -> u64 {
+    let mut smaps = Vec::with_capacity(64 * 1024);
+    if read_small_file(c"/proc/self/smaps", &mut smaps).is_err() {
+        return 0;
+    }
+    let mut released = 0;
+    for (start, len) in clean_file_mappings(&smaps) {
+        // SAFETY: a private, read-only mapping of a file holding no page of its own
+        // (no anonymous page: nothing was ever written to it). Dropping its pages
+        // loses nothing: a later access maps the same file contents again.
+        if unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) } == 0 {
+            released += len as u64;
+        }
+    }
+    released
+}
+
+/// Hands the free pages inside malloc's heap back to the kernel.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory of malloc's own arenas.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// The mappings of `/proc/self/smaps` text that are private, not writable, backed by a
+/// file, resident and free of anonymous (copied-on-write) pages: `(start, length)`.
+/// Those can be dropped and faulted in again unchanged. A mapping made writable once
+/// (relocations, then `mprotect` read-only) holds anonymous pages and is left alone.
+pub fn clean_file_mappings(smaps: &[u8]) -> Vec<(usize, usize)> {
+    struct Mapping {
+        start: usize,
+        len: usize,
+        candidate: bool,
+        rss: u64,
+        anonymous: u64,
+        locked: u64,
+    }
+    let keep = |m: &Mapping| m.candidate && m.rss > 0 && m.anonymous == 0 && m.locked == 0;
+    let mut found = Vec::new();
+    let mut current: Option<Mapping> = None;
+    for line in smaps.split(|&b| b == b'\n') {
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        let mut words = line.split_ascii_whitespace();
+        let Some(first) = words.next() else { continue };
+        if let Some((start, end)) = first.split_once('-') {
+            // A mapping's header: "start-end perms offset dev inode [path]".
+            let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) else {
+                continue;
+            };
+            if let Some(m) = current.take().filter(keep) {
+                found.push((m.start, m.len));
+            }
+            let perms = words.next().unwrap_or("");
+            let inode = words.nth(2).unwrap_or("0");
+            let path = words.next().unwrap_or("");
+            current = Some(Mapping {
+                start,
+                len: end.saturating_sub(start),
+                candidate: perms.starts_with('r')
+                    && perms.as_bytes().get(1) == Some(&b'-')
+                    && perms.as_bytes().get(3) == Some(&b'p')
+                    && inode != "0"
+                    && path.starts_with('/'),
+                rss: 0,
+                anonymous: 1,
+                locked: 0,
+            });
+        } else if let Some(m) = current.as_mut() {
+            let kb = || words.clone().next().and_then(|w| w.parse::<u64>().ok());
+            match first {
+                "Rss:" => m.rss = kb().unwrap_or(0),
+                "Anonymous:" => m.anonymous = kb().unwrap_or(1),
+                "Locked:" => m.locked = kb().unwrap_or(1),
+                _ => {}
+            }
+        }
+    }
+    if let Some(m) = current.filter(keep) {
+        found.push((m.start, m.len));
+    }
+    found
+}
+
 // ---------------------------------------------------------------- shared message ring
 
 /// A ring of messages in memory shared by every process of a session (an anonymous
@@ -1108,6 +1203,59 @@ pub fn own_object_path() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SMAPS: &str = "\
+5599fc94a000-5599fc951000 r--p 00000000 fe:00 1234 /usr/bin/lua5.4
+Size:                 28 kB
+Rss:                  28 kB
+Anonymous:             0 kB
+Locked:                0 kB
+5599fc951000-5599fc97c000 r-xp 00007000 fe:00 1234 /usr/bin/lua5.4
+Rss:                 172 kB
+Anonymous:             0 kB
+Locked:                0 kB
+5599fc98a000-5599fc98c000 r--p 0003f000 fe:00 1234 /usr/bin/lua5.4
+Rss:                   8 kB
+Anonymous:             8 kB
+Locked:                0 kB
+5599fc98c000-5599fc98d000 rw-p 00041000 fe:00 1234 /usr/bin/lua5.4
+Rss:                   4 kB
+Anonymous:             4 kB
+7f3e100e7000-7f3e101e8000 rw-s 00000000 00:01 5 /dev/zero (deleted)
+Rss:                 100 kB
+Anonymous:             0 kB
+7f3e10223000-7f3e1023a000 r-xp 00003000 fe:00 99 /usr/lib/libgcc_s.so.1
+Rss:                   0 kB
+Anonymous:             0 kB
+7f3e10240000-7f3e10266000 r--p 00000000 fe:00 77 /usr/lib/libc.so.6
+Rss:                 152 kB
+Anonymous:             0 kB
+Locked:                4 kB
+7f3e10266000-7f3e103bc000 r-xp 00026000 fe:00 77 /usr/lib/libc.so.6
+Rss:                 936 kB
+7f3e10731000-7f3e10733000 r-xp 00000000 00:00 0 [vdso]
+Rss:                   4 kB
+Anonymous:             0 kB
+7f3e10734000-7f3e1075a000 r-xp 00001000 fe:00 88 /usr/lib/ld-linux-x86-64.so.2
+Rss:                 152 kB
+Anonymous:             0 kB
+";
+
+    #[test]
+    fn only_clean_read_only_file_mappings_are_dropped() {
+        assert_eq!(
+            clean_file_mappings(SMAPS.as_bytes()),
+            vec![
+                // lua5.4's constants and code, and ld.so's code (the last mapping).
+                (0x5599fc94a000, 0x7000),
+                (0x5599fc951000, 0x2b000),
+                (0x7f3e10734000, 0x26000),
+            ],
+            "not: relocated constants (anonymous pages), writable or shared mappings, \
+             mappings with nothing resident, locked pages, a mapping whose Anonymous \
+             field is missing, the vdso"
+        );
+    }
 
     #[test]
     fn descendants_include_grandchildren() {
