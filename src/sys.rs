@@ -655,27 +655,23 @@ pub fn memory_of(pid: Pid) -> Option<Memory> {
 
 /// Drops this process's pages of read-only file mappings (code and constants of the
 /// program and its libraries): the next use maps them again from the page cache, and
-/// processes that share them keep them. Returns the bytes of the mappings dropped.
+/// processes that share them keep them.
 ///
 /// For processes that stay idle after running much: the coordinator, which started as
 /// the program, and parked checkpoints. Each page only one process maps counts whole
 /// in the session's memory, and the kernel maps code 64 KiB at a time. A fork does
 /// not copy these page tables, so a forked run maps what it runs anyway.
-pub fn release_file_pages() -> u64 {
+pub fn release_file_pages() {
     let mut smaps = Vec::with_capacity(64 * 1024);
     if read_small_file(c"/proc/self/smaps", &mut smaps).is_err() {
-        return 0;
+        return;
     }
-    let mut released = 0;
     for (start, len) in clean_file_mappings(&smaps) {
         // SAFETY: a private, read-only mapping of a file holding no page of its own
         // (no anonymous page: nothing was ever written to it). Dropping its pages
         // loses nothing: a later access maps the same file contents again.
-        if unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) } == 0 {
-            released += len as u64;
-        }
+        unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
     }
-    released
 }
 
 /// Hands the free pages inside malloc's heap back to the kernel.
