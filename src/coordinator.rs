@@ -45,6 +45,10 @@ const DIR_GONE: u32 = libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNOR
 /// How long a file may stay "being written" (IN_MODIFY without IN_CLOSE_WRITE) before
 /// its content is taken as it is: a writer that keeps a file open must not block us.
 const MAX_WRITE_WAIT: Duration = Duration::from_secs(2);
+/// How long a removed file may stay missing before that is taken as the change: an
+/// editor that deletes and recreates (or renames the old file away first) writes the
+/// new file within milliseconds, but a loaded machine may pause it between the two.
+const MAX_GONE_WAIT: Duration = Duration::from_millis(500);
 /// How often to look for a watched directory that was removed to come back.
 const LOST_DIR_RETRY: Duration = Duration::from_millis(100);
 /// How long a changed file waits for the resumed run to read it before its next change
@@ -100,6 +104,8 @@ struct Coordinator {
     /// Files with change events not yet decided on.
     pending: BTreeSet<PathBuf>,
     writing: HashSet<PathBuf>,
+    /// Tracked files removed (or renamed away) and not back yet.
+    gone: HashSet<PathBuf>,
     pending_since: Option<Instant>,
     last_event: Instant,
     /// No resume before this (FORKMON_IGNORE_DELAY), so a burst right after one waits.
@@ -174,6 +180,7 @@ pub(crate) fn run(sock: OwnedFd, probe: Option<sys::CowProbe>) -> ! {
         last_message: Instant::now(),
         pending: BTreeSet::new(),
         writing: HashSet::new(),
+        gone: HashSet::new(),
         pending_since: None,
         last_event: Instant::now(),
         hold_until: None,
@@ -638,7 +645,17 @@ impl Coordinator {
         if !self.timeline.is_tracked(&path) {
             return;
         }
-        if event.mask & libc::IN_MODIFY != 0 {
+        if event.mask & (libc::IN_DELETE | libc::IN_MOVED_FROM) != 0 {
+            self.gone.insert(path.clone());
+            self.writing.remove(&path);
+        }
+        if event.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0 {
+            self.gone.remove(&path);
+        }
+        // A file just created by open(O_CREAT) is empty until its writer is done.
+        if event.mask & libc::IN_MODIFY != 0
+            || (event.mask & libc::IN_CREATE != 0 && sys::is_empty_regular_file(&path))
+        {
             self.writing.insert(path.clone());
         }
         if event.mask & libc::IN_CLOSE_WRITE != 0 {
@@ -731,10 +748,12 @@ impl Coordinator {
         if now < deadline {
             return false;
         }
-        let still_writing = self.pending.iter().any(|p| self.writing.contains(p));
         let waited = self.pending_since.map_or(Duration::ZERO, |s| now - s);
-        if still_writing && waited < MAX_WRITE_WAIT {
-            // Half-written: wait for IN_CLOSE_WRITE (the deadline moves with it).
+        let still_writing = self.pending.iter().any(|p| self.writing.contains(p));
+        let still_gone = self.pending.iter().any(|p| self.gone.contains(p));
+        if (still_writing && waited < MAX_WRITE_WAIT) || (still_gone && waited < MAX_GONE_WAIT) {
+            // Half-written, or removed with its new version yet to come: wait for
+            // IN_CLOSE_WRITE or its return (the deadline moves with each event).
             self.last_event = now;
             return false;
         }
@@ -761,6 +780,7 @@ impl Coordinator {
         self.pending = waiting;
         for path in &candidates {
             self.writing.remove(path);
+            self.gone.remove(path);
         }
         let names: Vec<String> = candidates.iter().map(|p| self.show(p)).collect();
         match self

@@ -72,6 +72,13 @@ pub fn lstat(path: &CStr) -> io::Result<FileStat> {
     stat_at(path, libc::AT_SYMLINK_NOFOLLOW)
 }
 
+/// Is `path` an empty regular file (not a symlink)? What `open(O_CREAT)` just made.
+pub fn is_empty_regular_file(path: &Path) -> bool {
+    cstr(path)
+        .and_then(|c| lstat(&c))
+        .is_ok_and(|st| st.regular && st.size == 0)
+}
+
 fn stat_at(path: &CStr, flags: libc::c_int) -> io::Result<FileStat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `path` is NUL-terminated; `st` is a valid out-pointer the kernel fills.

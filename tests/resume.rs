@@ -557,6 +557,37 @@ fn a_deleted_file_that_comes_back_is_picked_up() {
     assert_eq!(s.count_stdout("startup"), 1, "{}", s.transcript());
 }
 
+/// A save that deletes and recreates may be paused between the two (a loaded machine,
+/// a slow generator): the file being gone, then empty, is not the change; the new
+/// content, once written, is, and it resumes once.
+#[test]
+fn a_slow_delete_and_recreate_resumes_once_with_the_new_content() {
+    let _l = lock();
+    if !require_tool("lua5.4") {
+        return;
+    }
+    let dir = TempDir::new("slow-recreate");
+    two_module_lua(&dir);
+    let mut s = start_lua(&dir);
+    s.expect_stdout("done", T);
+    run_ended(&mut s);
+
+    let b = dir.join("b.lua");
+    std::fs::remove_file(&b).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut file = std::fs::File::create(&b).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    std::io::Write::write_all(&mut file, b"print('b: recreated')\n").unwrap();
+    drop(file);
+    s.expect_stdout("b: recreated", T);
+    s.expect_stdout("done", T);
+    run_ended(&mut s);
+    let quiet = s.collect_for(Duration::from_millis(500));
+    assert!(quiet.is_empty(), "nothing more should happen: {quiet:?}");
+    assert_eq!(s.count_stderr("resuming from"), 1, "{}", s.transcript());
+    assert_eq!(s.count_stderr("not found"), 0, "{}", s.transcript());
+}
+
 /// forkmon creates an inotify instance per file and breaks past the default limit of
 /// 128; one instance per session watches any number of files.
 #[test]
