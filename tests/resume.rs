@@ -366,6 +366,16 @@ fn two_module_lua(dir: &TempDir) {
     dir.write("b.lua", "print('b: 1')\n");
 }
 
+/// `two_module_lua` in a new directory, run through its first run.
+fn two_module_run_ended(name: &str) -> (TempDir, Session) {
+    let dir = TempDir::new(name);
+    two_module_lua(&dir);
+    let mut s = start_lua(&dir);
+    s.expect_stdout("done", T);
+    run_ended(&mut s);
+    (dir, s)
+}
+
 fn start_lua(dir: &TempDir) -> Session {
     Session::start(
         forkhook_command()
@@ -381,11 +391,7 @@ fn every_way_of_saving_is_seen_exactly_once() {
     if !require_tool("lua5.4") {
         return;
     }
-    let dir = TempDir::new("saves");
-    two_module_lua(&dir);
-    let mut s = start_lua(&dir);
-    s.expect_stdout("done", T);
-    run_ended(&mut s);
+    let (dir, mut s) = two_module_run_ended("saves");
 
     let b = dir.join("b.lua");
     save_rename_over(&b, "print('b: 2')\n");
@@ -417,11 +423,7 @@ fn touch_and_same_content_saves_resume_nothing() {
     if !require_tool("lua5.4") {
         return;
     }
-    let dir = TempDir::new("no-change");
-    two_module_lua(&dir);
-    let mut s = start_lua(&dir);
-    s.expect_stdout("done", T);
-    run_ended(&mut s);
+    let (dir, mut s) = two_module_run_ended("no-change");
 
     same_content_saves_resume_nothing_then_a_change_does(&dir, &mut s);
 }
@@ -511,11 +513,7 @@ fn two_files_saved_together_resume_once_from_the_earlier() {
     if !require_tool("lua5.4") {
         return;
     }
-    let dir = TempDir::new("burst");
-    two_module_lua(&dir);
-    let mut s = start_lua(&dir);
-    s.expect_stdout("done", T);
-    run_ended(&mut s);
+    let (dir, mut s) = two_module_run_ended("burst");
 
     save_rename_over(&dir.join("b.lua"), "print('b: 2')\n");
     save_rename_over(&dir.join("a.lua"), "print('a: 2')\n");
@@ -539,11 +537,7 @@ fn a_deleted_file_that_comes_back_is_picked_up() {
     if !require_tool("lua5.4") {
         return;
     }
-    let dir = TempDir::new("deleted");
-    two_module_lua(&dir);
-    let mut s = start_lua(&dir);
-    s.expect_stdout("done", T);
-    run_ended(&mut s);
+    let (dir, mut s) = two_module_run_ended("deleted");
 
     let b = dir.join("b.lua");
     std::fs::remove_file(&b).unwrap();
@@ -566,11 +560,7 @@ fn a_slow_delete_and_recreate_resumes_once_with_the_new_content() {
     if !require_tool("lua5.4") {
         return;
     }
-    let dir = TempDir::new("slow-recreate");
-    two_module_lua(&dir);
-    let mut s = start_lua(&dir);
-    s.expect_stdout("done", T);
-    run_ended(&mut s);
+    let (dir, mut s) = two_module_run_ended("slow-recreate");
 
     let b = dir.join("b.lua");
     std::fs::remove_file(&b).unwrap();
