@@ -399,6 +399,17 @@ impl Session {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        // A shell that runs this test suite in the background (`cargo test &` in a
+        // script) makes it ignore SIGINT and SIGQUIT, and children inherit that: the
+        // program would not see the Ctrl-C the tests send. A terminal user's program does.
+        // SAFETY: signal() is async-signal-safe and touches only this child's dispositions.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         let command = format!("{cmd:?}");
         let mut child = cmd
             .spawn()
