@@ -94,6 +94,11 @@ impl Hasher for PathHasher {
 pub(crate) struct Process {
     /// Absolute paths (lexical and resolved) already handled in this run.
     pub seen: HashSet<Box<[u8]>, BuildHasherDefault<PathHasher>>,
+    /// Names of files in `seen` as the program passed them: absolute, or relative to
+    /// the current directory as of `names_cwd` (see [`path::cwd_generation`]). A name
+    /// found here needs neither making absolute nor matching: its file is handled.
+    names: HashSet<Box<[u8]>, BuildHasherDefault<PathHasher>>,
+    names_cwd: u64,
     pub session: Option<checkpoint::SessionState>,
     pub warned_threads: bool,
     pub warned_closed: bool,
@@ -101,12 +106,26 @@ pub(crate) struct Process {
 
 static PROCESS: Mutex<Option<Process>> = Mutex::new(None);
 
+impl Process {
+    /// Was the file named `name` (relative names: as of `cwd`) handled already?
+    fn knows_name(&mut self, name: &[u8], cwd: u64) -> bool {
+        if self.names_cwd != cwd {
+            // The program changed directory: relative names may mean other files now.
+            self.names.retain(|n| n.first() == Some(&b'/'));
+            self.names_cwd = cwd;
+        }
+        self.names.contains(name)
+    }
+}
+
 pub(crate) fn process() -> MutexGuard<'static, Option<Process>> {
     // A panic never happens while this is held (no unwinding in the hook), but if it
     // did, the data is still consistent: take it anyway rather than stop hooking.
     let mut guard = PROCESS.lock().unwrap_or_else(|e| e.into_inner());
     guard.get_or_insert_with(|| Process {
         seen: HashSet::default(),
+        names: HashSet::default(),
+        names_cwd: 0,
         session: None,
         warned_threads: false,
         warned_closed: false,
@@ -248,6 +267,20 @@ pub fn after_access(dirfd: RawFd, path: &CStr, intent: Intent, found: Found) -> 
     let Some(_guard) = Guard::enter() else {
         return Then::Return;
     };
+    // A file read again (a stat before every use, a config reread) is known by the
+    // name the program gave, as long as that name means the same file.
+    let name = (given[0] == b'/' || dirfd == libc::AT_FDCWD).then(|| Name {
+        bytes: given,
+        cwd: path::cwd_generation(),
+    });
+    if let Some(name) = &name {
+        if process()
+            .as_mut()
+            .is_some_and(|p| p.knows_name(name.bytes, name.cwd))
+        {
+            return Then::Return;
+        }
+    }
     path::with_absolute(dirfd, path, |abs| {
         // forkmon matched the name as the program passed it; a pattern anchored to a
         // relative name (`^src/`) must keep working, so a relative name is tried too.
@@ -256,12 +289,18 @@ pub fn after_access(dirfd: RawFd, path: &CStr, intent: Intent, found: Found) -> 
                 && settings.filter.matches_relative_names()
                 && settings.filter.is_match(given));
         if matched {
-            first_access(abs, found)
+            first_access(abs, name, found)
         } else {
             Then::Return
         }
     })
     .unwrap_or(Then::Return)
+}
+
+/// A name as the program passed it, and the current directory it is relative to.
+struct Name<'a> {
+    bytes: &'a [u8],
+    cwd: u64,
 }
 
 /// Called after the program's `chdir`/`fchdir`: relative paths are made absolute with
@@ -271,12 +310,22 @@ pub fn cwd_changed() {
 }
 
 /// `abs` matched the filter: absolute, normalised, NUL-terminated.
-fn first_access(abs: &CStr, found: Found) -> Then {
+fn first_access(abs: &CStr, name: Option<Name>, found: Found) -> Then {
     let abs_bytes = abs.to_bytes();
-    if process()
-        .as_ref()
-        .is_some_and(|p| p.seen.contains(abs_bytes))
-    {
+    let remember = |p: &mut Process| {
+        if let Some(name) = &name {
+            if p.names_cwd == name.cwd {
+                p.names.insert(name.bytes.into());
+            }
+        }
+    };
+    if process().as_mut().is_some_and(|p| {
+        let seen = p.seen.contains(abs_bytes);
+        if seen {
+            remember(p);
+        }
+        seen
+    }) {
         return Then::Return;
     }
     // A directory, or a device, is no dependency.
@@ -288,10 +337,10 @@ fn first_access(abs: &CStr, found: Found) -> Then {
         Ok(stat) if stat.regular => stat,
         _ => return Then::Return,
     };
-    if !process()
-        .as_mut()
-        .is_some_and(|p| p.seen.insert(abs_bytes.into()))
-    {
+    if !process().as_mut().is_some_and(|p| {
+        remember(p);
+        p.seen.insert(abs_bytes.into())
+    }) {
         return Then::Return;
     }
     // Two names for one file (a symlink) are told apart by the coordinator, which

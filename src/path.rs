@@ -39,6 +39,12 @@ pub fn cwd_changed() {
     CWD_GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
+/// Changes each time the program changes directory: a relative name means the same
+/// path as long as this is the same.
+pub fn cwd_generation() -> u64 {
+    CWD_GENERATION.load(Ordering::Acquire)
+}
+
 /// A thread's copy of the current directory, as of `generation`. A directory longer
 /// than the buffer is not kept (it is asked for every time).
 struct CwdCopy {

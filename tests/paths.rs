@@ -11,8 +11,9 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(30);
 
 /// Reads `data.txt` in three directories, reaching them by `chdir` and `fchdir`. A
-/// stale copy of the current directory would track the decoy `./data.txt` (or
-/// `sub/data.txt` twice) instead, and edits to the others would resume nothing.
+/// stale copy of the current directory, or taking the same name for the same file
+/// after a directory change, would track the decoy `./data.txt` (or `sub/data.txt`
+/// twice) only, and edits to the others would resume nothing.
 const WALKER: &str = r#"
 #include <fcntl.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@ static void show(const char *where) {
 int main(void) {
     FILE *top = fopen("top.txt", "r");      /* a relative open in the start directory */
     if (top) fclose(top);
+    show("start");
     int other = open("other", O_RDONLY | O_DIRECTORY);
     if (other < 0 || chdir("sub") != 0) return 1;
     show("sub");
@@ -48,10 +50,11 @@ fn files_opened_after_chdir_and_fchdir_are_the_ones_tracked() {
     dir.write("other/data.txt", "other-1\n");
     let walker = compile_c(&dir, "walker", WALKER);
     let mut s = forkhook_in(&dir, &["-e", "txt"], &walker);
+    s.expect_stdout("start: decoy", T);
     s.expect_stdout("sub: sub-1", T);
     s.expect_stdout("other: other-1", T);
     s.expect_stdout("done", T);
-    s.expect_stderr("watching 3 files", T);
+    s.expect_stderr("watching 4 files", T);
 
     save_rename_over(&dir.join("sub/data.txt"), "sub-2\n");
     s.expect_stdout("sub: sub-2", T);
@@ -63,5 +66,6 @@ fn files_opened_after_chdir_and_fchdir_are_the_ones_tracked() {
     s.expect_stdout("other: other-2", T);
     s.expect_stdout("done", T);
     s.expect_stderr("run exited", T);
-    assert_eq!(s.count_stdout("decoy"), 0, "{}", s.transcript());
+    assert_eq!(s.count_stdout("sub: decoy"), 0, "{}", s.transcript());
+    assert_eq!(s.count_stdout("other: decoy"), 0, "{}", s.transcript());
 }
