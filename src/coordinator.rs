@@ -434,9 +434,12 @@ impl Coordinator {
         let known = self.timeline.is_tracked(&file);
         // Watch first, then look: an edit from now on is an event, an earlier one is
         // seen in the comparison below.
-        if let Some(dir) = file.parent() {
-            self.watch(dir);
-        }
+        let newly_watched = file.parent().is_some_and(|dir| self.watch(dir));
+        // A file tracked in a directory watched already has its edits told by events:
+        // the comparison below must not act on them instead, since content may change
+        // a moment before its event is queued (a writer paused between its truncation
+        // and its event), and what it has written so far is no save yet.
+        let events_tell = known && !newly_watched && self.watched(&file);
         let (baseline, changed) = match fingerprint {
             // The run left the reading to us. Not now: the run is likely busy reading
             // more files, and would wait on the disk and the other CPU with us. Until
@@ -457,7 +460,7 @@ impl Coordinator {
         }
         self.timeline
             .set_name_hash(&file, sys::path_hash(named.as_os_str().as_bytes()));
-        if changed {
+        if changed && !events_tell {
             self.mark_pending(file.clone());
         }
         if !known {
@@ -486,8 +489,10 @@ impl Coordinator {
                 continue;
             }
             match Fingerprint::of_path_as(&file, &seen) {
-                // Written since the run looked at it.
-                Fingerprint::Unknown => self.mark_pending(file),
+                // Written since the run looked at it: its events tell when the write
+                // is done (see `accessed`), unless there are none.
+                Fingerprint::Unknown if !self.watched(&file) => self.mark_pending(file),
+                Fingerprint::Unknown => {}
                 read => self.timeline.baseline_read(&file, &seen, read),
             }
         }
@@ -581,6 +586,12 @@ impl Coordinator {
     }
 
     // ------------------------------------------------------------ watching
+
+    /// Is the directory of `file` watched, so that its edits come as events?
+    fn watched(&self, file: &Path) -> bool {
+        file.parent()
+            .is_some_and(|dir| self.watch_of_dir.contains_key(dir))
+    }
 
     /// Watches `dir`; true if the watch is new.
     fn watch(&mut self, dir: &Path) -> bool {
