@@ -1147,7 +1147,7 @@ fn scenario_hook(o: &Opts, report: &mut Report) -> Res<()> {
         ));
     }
     let library = library_path()?;
-    let (n, rounds, runs) = (100_000, 5, o.pick(7, 3));
+    let (n, rounds, runs) = (100_000, 5, o.pick(11, 3));
     for (mode, what) in [
         ("rel", "stat of 100,000 non-matching relative paths"),
         ("abs", "stat of 100,000 non-matching absolute paths"),
