@@ -185,13 +185,15 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
     };
     if let Verdict::Skip = verdict {
         if report.verbose {
-            report.detail(&format!(
-                "no checkpoint before {} (budget: checkpoints took {} of {}); a change to it \
+            report.detail(|| {
+                format!(
+                    "no checkpoint before {} (budget: checkpoints took {} of {}); a change to it \
                  resumes from an earlier one",
-                file.display(),
-                human(session.spending.total(&mut LiveMeter)),
-                human(session.origin.elapsed()),
-            ));
+                    file.display(),
+                    human(session.spending.total(&mut LiveMeter)),
+                    human(session.origin.elapsed()),
+                )
+            });
         }
     } else if started_now || (threads_allow(settings) && session.connected()) {
         let closing = match verdict {
@@ -460,13 +462,15 @@ impl Parked {
             }
         };
         let report = hook::reporter();
-        report.detail(&format!(
-            "checkpoint {} before {} ({} in, took {})",
-            self.session.depth + 1,
-            self.file,
-            human(self.elapsed),
-            human(began.elapsed())
-        ));
+        report.detail(|| {
+            format!(
+                "checkpoint {} before {} ({} in, took {})",
+                self.session.depth + 1,
+                self.file,
+                human(self.elapsed),
+                human(began.elapsed())
+            )
+        });
 
         // Code and constants this process mapped while it was the run are given back
         // once parked for a moment (see `sys::release_file_pages`); not at once, since

@@ -465,7 +465,7 @@ impl Coordinator {
         }
         if !known {
             self.report
-                .detail(&format!("watching {}", self.show(&file)));
+                .detail(|| format!("watching {}", self.show(&file)));
         }
     }
 
@@ -799,10 +799,9 @@ impl Coordinator {
             .decide(candidates, |path, baseline| baseline.differs_from(path))
         {
             Some(resume) => self.resume(resume),
-            None => self.report.detail(&format!(
-                "{}: content unchanged, nothing to do",
-                names.join(", ")
-            )),
+            None => self
+                .report
+                .detail(|| format!("{}: content unchanged, nothing to do", names.join(", "))),
         }
     }
 
@@ -932,11 +931,13 @@ impl Coordinator {
             let _ = sys::write_all(fd.as_raw_fd(), &Down::Retire.encode());
         }
         self.timeline.checkpoint_lost(checkpoint.pid);
-        self.report.detail(&format!(
+        self.report.detail(|| {
+            format!(
             "retired the checkpoint before {} ({} in): a change to it resumes from the one before",
             self.show(&checkpoint.file),
             human(checkpoint.elapsed)
-        ));
+        )
+        });
     }
 
     // ------------------------------------------------------------ processes
@@ -981,7 +982,7 @@ impl Coordinator {
         end_descendants(sys::getpid());
         self.restore_terminal();
         self.report
-            .detail(&format!("stopped by {}", signal_name(sig)));
+            .detail(|| format!("stopped by {}", signal_name(sig)));
         sys::exit_now(128 + sig)
     }
 

@@ -29,10 +29,11 @@ impl Reporter {
         }
     }
 
-    /// Per-checkpoint lines, with verbose output only.
-    pub fn detail(&self, msg: &str) {
+    /// Per-checkpoint lines, with verbose output only. The message is made only then:
+    /// the coordinator would otherwise format a line for each file a run reads.
+    pub fn detail(&self, msg: impl FnOnce() -> String) {
         if self.verbose {
-            self.emit(Tone::Detail, msg);
+            self.emit(Tone::Detail, &msg());
         }
     }
 
