@@ -11,7 +11,7 @@
 use crate::checkpoint::{self, end_descendants, parked_signals};
 use crate::config::Settings;
 use crate::fingerprint::{Baseline, Fingerprint, Identity};
-use crate::hook;
+use crate::hook::{self, PathHashing};
 use crate::protocol::{Down, Malformed, Up, MAX_UP_LEN};
 use crate::report::{display_path, human, signal_name, Reporter};
 use crate::sys::{self, Exit, InotifyEvent, Pid};
@@ -89,8 +89,8 @@ struct Coordinator {
     orders: HashMap<Pid, OwnedFd>,
     dir_of_watch: HashMap<i32, PathBuf>,
     /// Directories as runs named them, and where they really are.
-    canonical_dirs: HashMap<PathBuf, PathBuf>,
-    watch_of_dir: HashMap<PathBuf, i32>,
+    canonical_dirs: HashMap<PathBuf, PathBuf, PathHashing>,
+    watch_of_dir: HashMap<PathBuf, i32, PathHashing>,
     /// Directories that were removed while watched, until they come back.
     lost_dirs: BTreeSet<PathBuf>,
     warned_watch_limit: bool,
@@ -171,8 +171,8 @@ pub(crate) fn run(sock: OwnedFd, probe: Option<sys::CowProbe>) -> ! {
         timeline: Timeline::default(),
         orders: HashMap::new(),
         dir_of_watch: HashMap::new(),
-        canonical_dirs: HashMap::new(),
-        watch_of_dir: HashMap::new(),
+        canonical_dirs: HashMap::default(),
+        watch_of_dir: HashMap::default(),
         lost_dirs: BTreeSet::new(),
         warned_watch_limit: false,
         unread: VecDeque::new(),

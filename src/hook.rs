@@ -89,15 +89,18 @@ impl Hasher for PathHasher {
     }
 }
 
+/// Maps and sets keyed by paths use this (the hook's, and the coordinator's).
+pub(crate) type PathHashing = BuildHasherDefault<PathHasher>;
+
 /// Per-process memory of the hook. It is copied by every fork, so a resumed run
 /// remembers exactly the files its checkpoint had seen, and no others.
 pub(crate) struct Process {
     /// Absolute paths (lexical and resolved) already handled in this run.
-    pub seen: HashSet<Box<[u8]>, BuildHasherDefault<PathHasher>>,
+    pub seen: HashSet<Box<[u8]>, PathHashing>,
     /// Names of files in `seen` as the program passed them: absolute, or relative to
     /// the current directory as of `names_cwd` (see [`path::cwd_generation`]). A name
     /// found here needs neither making absolute nor matching: its file is handled.
-    names: HashSet<Box<[u8]>, BuildHasherDefault<PathHasher>>,
+    names: HashSet<Box<[u8]>, PathHashing>,
     names_cwd: u64,
     pub session: Option<checkpoint::SessionState>,
     pub warned_threads: bool,

@@ -9,6 +9,7 @@
 //! checkpoint wins, and a file whose content did not change resumes nothing.
 
 use crate::fingerprint::{Baseline, Fingerprint, Identity};
+use crate::hook::PathHashing;
 use crate::protocol::Pid;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,7 +52,7 @@ pub struct Resume {
 #[derive(Debug, Default)]
 pub struct Timeline {
     checkpoints: Vec<Checkpoint>,
-    files: HashMap<PathBuf, Tracked>,
+    files: HashMap<PathBuf, Tracked, PathHashing>,
 }
 
 impl Timeline {
