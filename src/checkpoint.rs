@@ -184,17 +184,15 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
             .afford(elapsed, settings.budget.time_share, &mut LiveMeter)
     };
     if let Verdict::Skip = verdict {
-        if report.verbose {
-            report.detail(|| {
-                format!(
-                    "no checkpoint before {} (budget: checkpoints took {} of {}); a change to it \
+        report.detail(|| {
+            format!(
+                "no checkpoint before {} (budget: checkpoints took {} of {}); a change to it \
                  resumes from an earlier one",
-                    file.display(),
-                    human(session.spending.total(&mut LiveMeter)),
-                    human(session.origin.elapsed()),
-                )
-            });
-        }
+                file.display(),
+                human(session.spending.total(&mut LiveMeter)),
+                human(session.origin.elapsed()),
+            )
+        });
     } else if started_now || (threads_allow(settings) && session.connected()) {
         let closing = match verdict {
             Verdict::Take { closing } => closing,
