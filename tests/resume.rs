@@ -366,14 +366,21 @@ fn two_module_lua(dir: &TempDir) {
     dir.write("b.lua", "print('b: 1')\n");
 }
 
-/// `two_module_lua` in a new directory, run through its first run.
-fn two_module_run_ended(name: &str) -> (TempDir, Session) {
+/// `two_module_lua` in a new directory, run through its first run, with the test lock
+/// held (the guard must live as long as the test); `None` without lua5.4.
+fn two_module_run_ended(
+    name: &str,
+) -> Option<(std::sync::MutexGuard<'static, ()>, TempDir, Session)> {
+    let guard = lock();
+    if !require_tool("lua5.4") {
+        return None;
+    }
     let dir = TempDir::new(name);
     two_module_lua(&dir);
     let mut s = start_lua(&dir);
     s.expect_stdout("done", T);
     run_ended(&mut s);
-    (dir, s)
+    Some((guard, dir, s))
 }
 
 fn start_lua(dir: &TempDir) -> Session {
@@ -387,11 +394,9 @@ fn start_lua(dir: &TempDir) -> Session {
 /// Each way editors save is seen, once.
 #[test]
 fn every_way_of_saving_is_seen_exactly_once() {
-    let _l = lock();
-    if !require_tool("lua5.4") {
+    let Some((_l, dir, mut s)) = two_module_run_ended("saves") else {
         return;
-    }
-    let (dir, mut s) = two_module_run_ended("saves");
+    };
 
     let b = dir.join("b.lua");
     save_rename_over(&b, "print('b: 2')\n");
@@ -419,11 +424,9 @@ fn every_way_of_saving_is_seen_exactly_once() {
 
 #[test]
 fn touch_and_same_content_saves_resume_nothing() {
-    let _l = lock();
-    if !require_tool("lua5.4") {
+    let Some((_l, dir, mut s)) = two_module_run_ended("no-change") else {
         return;
-    }
-    let (dir, mut s) = two_module_run_ended("no-change");
+    };
 
     same_content_saves_resume_nothing_then_a_change_does(&dir, &mut s);
 }
@@ -509,11 +512,9 @@ fn the_edited_file_gets_a_checkpoint_of_its_own() {
 
 #[test]
 fn two_files_saved_together_resume_once_from_the_earlier() {
-    let _l = lock();
-    if !require_tool("lua5.4") {
+    let Some((_l, dir, mut s)) = two_module_run_ended("burst") else {
         return;
-    }
-    let (dir, mut s) = two_module_run_ended("burst");
+    };
 
     save_rename_over(&dir.join("b.lua"), "print('b: 2')\n");
     save_rename_over(&dir.join("a.lua"), "print('a: 2')\n");
@@ -533,11 +534,9 @@ fn two_files_saved_together_resume_once_from_the_earlier() {
 
 #[test]
 fn a_deleted_file_that_comes_back_is_picked_up() {
-    let _l = lock();
-    if !require_tool("lua5.4") {
+    let Some((_l, dir, mut s)) = two_module_run_ended("deleted") else {
         return;
-    }
-    let (dir, mut s) = two_module_run_ended("deleted");
+    };
 
     let b = dir.join("b.lua");
     std::fs::remove_file(&b).unwrap();
@@ -556,11 +555,9 @@ fn a_deleted_file_that_comes_back_is_picked_up() {
 /// content, once written, is, and it resumes once.
 #[test]
 fn a_slow_delete_and_recreate_resumes_once_with_the_new_content() {
-    let _l = lock();
-    if !require_tool("lua5.4") {
+    let Some((_l, dir, mut s)) = two_module_run_ended("slow-recreate") else {
         return;
-    }
-    let (dir, mut s) = two_module_run_ended("slow-recreate");
+    };
 
     let b = dir.join("b.lua");
     std::fs::remove_file(&b).unwrap();
