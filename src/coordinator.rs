@@ -56,6 +56,9 @@ const LOST_DIR_RETRY: Duration = Duration::from_millis(100);
 const AWAIT_LIMIT: Duration = Duration::from_secs(5);
 /// See `serve`.
 const MESSAGE_BATCH_PAUSE: Duration = Duration::from_millis(1);
+/// After events that concerned no tracked file, how long the inotify descriptor is left
+/// alone (see `serve`).
+const UNTRACKED_EVENTS_PAUSE: Duration = Duration::from_millis(2);
 /// See `read_baselines`.
 const BASELINE_QUIET: Duration = Duration::from_millis(20);
 const BASELINE_MAX_WAIT: Duration = Duration::from_secs(2);
@@ -108,6 +111,9 @@ struct Coordinator {
     gone: HashSet<PathBuf>,
     pending_since: Option<Instant>,
     last_event: Instant,
+    /// The last events read concerned no tracked file: events are not read again
+    /// before this (see `serve`).
+    events_paused_until: Option<Instant>,
     /// No resume before this (FORKMON_IGNORE_DELAY), so a burst right after one waits.
     hold_until: Option<Instant>,
     /// Until then, changes to files the resumed run has yet to read wait for it.
@@ -183,6 +189,7 @@ pub(crate) fn run(sock: OwnedFd, probe: Option<sys::CowProbe>) -> ! {
         gone: HashSet::new(),
         pending_since: None,
         last_event: Instant::now(),
+        events_paused_until: None,
         hold_until: None,
         awaiting_until: None,
         next_memory_check: Instant::now() + MEMORY_CHECK_EVERY,
@@ -217,9 +224,30 @@ impl Coordinator {
             } else if ring.is_some_and(|r| !r.sleep()) {
                 timeout = 0;
             }
+            // A program writing a file beside the ones it reads (a log, a database)
+            // makes an event per write, and a reader waiting on the descriptor makes
+            // the writer wake it each time: a cross-CPU wake-up per write, which
+            // doubled the time of a program writing 200,000 unbuffered lines. So after
+            // events that concerned no tracked file, the descriptor is left alone for
+            // a moment: the kernel merges repeated events meanwhile, and wakes nobody.
+            // An edit made then waits at most that moment longer.
+            let paused = self
+                .events_paused_until
+                .map(|until| until.saturating_duration_since(Instant::now()))
+                .filter(|left| !left.is_zero());
+            if paused.is_none() {
+                self.events_paused_until = None;
+            }
             let mut fds = vec![self.sock.as_raw_fd(), self.signals.as_raw_fd()];
-            if let Some(inotify) = &self.inotify {
-                fds.push(inotify.as_raw_fd());
+            match (&self.inotify, paused) {
+                (Some(inotify), None) => fds.push(inotify.as_raw_fd()),
+                (_, Some(left)) => {
+                    let left = left.as_micros().div_ceil(1000) as i32;
+                    if timeout < 0 || timeout > left {
+                        timeout = left;
+                    }
+                }
+                (None, None) => {}
             }
             let ready = sys::poll_readable(&fds, timeout).unwrap_or_default();
             if let Some(ring) = ring {
@@ -243,8 +271,12 @@ impl Coordinator {
                     events.clear();
                     let _ = sys::inotify_read(inotify.as_raw_fd(), &mut events);
                     let batch = std::mem::take(&mut events);
+                    let mut concerned = false;
                     for event in &batch {
-                        self.on_event(event);
+                        concerned |= self.on_event(event);
+                    }
+                    if !batch.is_empty() && !concerned {
+                        self.events_paused_until = Some(Instant::now() + UNTRACKED_EVENTS_PAUSE);
                     }
                     events = batch;
                 }
@@ -626,7 +658,8 @@ impl Coordinator {
         }
     }
 
-    fn on_event(&mut self, event: &InotifyEvent) {
+    /// Handles one event; false if it concerned no tracked file nor a watch.
+    fn on_event(&mut self, event: &InotifyEvent) -> bool {
         if event.mask & libc::IN_Q_OVERFLOW != 0 {
             // Events were lost: check every tracked file.
             let all: Vec<PathBuf> = self
@@ -637,10 +670,10 @@ impl Coordinator {
             for file in all {
                 self.mark_pending(file);
             }
-            return;
+            return true;
         }
         let Some(dir) = self.dir_of_watch.get(&event.wd).cloned() else {
-            return;
+            return false;
         };
         if event.mask & DIR_GONE != 0 {
             self.dir_of_watch.remove(&event.wd);
@@ -650,11 +683,11 @@ impl Coordinator {
             for file in files {
                 self.mark_pending(file);
             }
-            return;
+            return true;
         }
         let path = dir.join(OsStr::from_bytes(&event.name));
         if !self.timeline.is_tracked(&path) {
-            return;
+            return false;
         }
         if event.mask & (libc::IN_DELETE | libc::IN_MOVED_FROM) != 0 {
             self.gone.insert(path.clone());
@@ -675,6 +708,7 @@ impl Coordinator {
         if event.mask & SETTLE_EVENTS != 0 {
             self.mark_pending(path);
         }
+        true
     }
 
     fn mark_pending(&mut self, path: PathBuf) {
