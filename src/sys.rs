@@ -1107,6 +1107,11 @@ pub fn inotify_add_watch(fd: RawFd, path: &Path, mask: u32) -> io::Result<i32> {
     cvt(unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) })
 }
 
+pub fn inotify_rm_watch(fd: RawFd, wd: i32) {
+    // SAFETY: plain system call on integers; an unknown `wd` only returns EINVAL.
+    unsafe { libc::inotify_rm_watch(fd, wd) };
+}
+
 /// One inotify event: watch descriptor, mask, and the name within the directory.
 pub struct InotifyEvent {
     pub wd: i32,

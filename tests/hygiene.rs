@@ -403,6 +403,10 @@ fn exhausted_inotify_watches_name_the_sysctl_and_the_rest_keeps_working() {
     save_rename_over(&dir.join("a/m.lua"), "return 'a2'\n");
     s.expect_stdout("a2", T);
     run_ended(&mut s);
+    // a/ has no watch left for its file: its writes are watched on the directory.
+    save_truncate_write(&dir.join("a/m.lua"), "return 'a3'\n");
+    s.expect_stdout("a3", T);
+    run_ended(&mut s);
 }
 
 /// A user whose process limit is reached: forks fail with EAGAIN. The program carries
