@@ -10,7 +10,8 @@
 //!
 //! Scenario keys: `latency` (1, edit → new output), `overhead` (2, first-run
 //! overhead), `memory` (3, memory of a session), `scale` (4, 10,000 watched files),
-//! `hook` (5, cost of a hooked `stat`). 2 and 3 share their runs.
+//! `hook` (5, cost of a hooked `stat`), `writer` (6, a program writing a log beside its
+//! sources). 2 and 3 share their runs.
 //!
 //! Every process a scenario starts is owned by a [`Proc`], whose drop ends it and
 //! every process below it, by pid (never by name), also when a scenario fails.
@@ -1205,6 +1206,52 @@ fn scenario_hook(o: &Opts, report: &mut Report) -> Res<()> {
     Ok(())
 }
 
+// ------------------------------------------------------------------------------ 6. writer
+
+/// A program that writes another file beside the one it reads (a log): what the watch
+/// on that directory costs its writes.
+fn scenario_writer(o: &Opts, report: &mut Report) -> Res<()> {
+    eprintln!("6. a program writing a log beside its sources");
+    let dir = TempDir::new("writer")?;
+    dir.write("mod.lua", "return 1\n")?;
+    dir.write(
+        "main.lua",
+        "local m = require 'mod'\n\
+         local f = assert(io.open('app.log', 'w'))\n\
+         f:setvbuf('no')\n\
+         for i = 1, 200000 do f:write('line ', i, '\\n') end\n\
+         f:close()\n\
+         print('done')\n",
+    )?;
+    settle(Instant::now());
+    let argv = ["lua5.4", "main.lua"];
+    let (mut plain_wall, mut hook_wall) = (vec![], vec![]);
+    for _ in 0..o.pick(7, 3) {
+        let mut x = Proc::spawn("plain writer", plain(&argv).current_dir(&dir.path))?;
+        let done = x.wait_out(|t| t == "done")?;
+        plain_wall.push(ms(done.at - x.started));
+        x.wait_exit()?;
+        drop(x);
+        let mut s = Proc::spawn(
+            "forkhook writer",
+            forkhook("lua", &argv).current_dir(&dir.path),
+        )?;
+        let done = s.wait_out(|t| t == "done")?;
+        hook_wall.push(ms(done.at - s.started));
+        s.wait_runs_ended(1)?;
+    }
+    let (a, b) = (median(&plain_wall), median(&hook_wall));
+    report.row(
+        "6. a Lua program writing 200,000 unbuffered lines to a log beside its module",
+        fmt_ms(a),
+        fmt_ms(b),
+        format!("{:.2}×", b / a),
+        "(no target)",
+        "-".to_string(),
+    );
+    Ok(())
+}
+
 // ------------------------------------------------------------------------------ main
 
 fn main() {
@@ -1222,13 +1269,14 @@ fn main() {
     type Scenario = fn(&Opts, &mut Report) -> Res<()>;
     let overhead = o.wants("overhead");
     let memory = o.wants("memory");
-    let scenarios: [(&str, bool, Scenario); 4] = [
+    let scenarios: [(&str, bool, Scenario); 5] = [
         ("latency", o.wants("latency"), scenario_latency),
         ("overhead/memory", overhead || memory, |o, r| {
             scenario_projects(o, r, o.wants("overhead"), o.wants("memory"))
         }),
         ("scale", o.wants("scale"), scenario_scale),
         ("hook", o.wants("hook"), scenario_hook),
+        ("writer", o.wants("writer"), scenario_writer),
     ];
     let mut failed = 0;
     for (name, wanted, run) in scenarios {
