@@ -53,6 +53,10 @@ pub struct Resume {
 pub struct Timeline {
     checkpoints: Vec<Checkpoint>,
     files: HashMap<PathBuf, Tracked, PathHashing>,
+    /// Checkpoints lost or retired, and the one that took over their files. A first
+    /// access is told after its checkpoint (through another channel, and read in
+    /// batches), so it may name a checkpoint already retired: it goes to the heir.
+    heirs: HashMap<Pid, Pid>,
 }
 
 impl Timeline {
@@ -76,6 +80,20 @@ impl Timeline {
         self.checkpoints.iter().position(|c| c.pid == pid)
     }
 
+    /// The alive checkpoint that stands for `pid` (itself, or the one its files went
+    /// to when it was lost), with its position.
+    fn heir_of(&self, mut pid: Pid) -> Option<(Pid, usize)> {
+        // Each heir was alive when it inherited, so older than its testator: the
+        // chain ends. The bound is only a guard.
+        for _ in 0..=self.heirs.len() {
+            if let Some(position) = self.position(pid) {
+                return Some((pid, position));
+            }
+            pid = *self.heirs.get(&pid)?;
+        }
+        None
+    }
+
     /// A new checkpoint, newer than every other alive one.
     pub fn checkpoint_taken(&mut self, checkpoint: Checkpoint) {
         self.checkpoints.push(checkpoint);
@@ -93,7 +111,7 @@ impl Timeline {
         epoch: u64,
         baseline: Baseline,
     ) -> bool {
-        let Some(position) = self.position(checkpoint) else {
+        let Some((checkpoint, position)) = self.heir_of(checkpoint) else {
             return false;
         };
         if let Some(earlier) = self.files.get(&file) {
@@ -216,6 +234,9 @@ impl Timeline {
         };
         self.checkpoints.remove(index);
         let before = index.checked_sub(1).map(|i| self.checkpoints[i].pid);
+        if let Some(prev) = before {
+            self.heirs.insert(pid, prev);
+        }
         let count = self.files.len();
         self.files.retain(|_, tracked| {
             if tracked.checkpoint != pid {
@@ -458,5 +479,21 @@ mod tests {
         );
         assert!(!t.is_tracked(Path::new("/p/a.lua")));
         assert!(t.is_tracked(Path::new("/p/c.lua")));
+    }
+
+    #[test]
+    fn an_access_told_after_its_checkpoint_was_retired_goes_to_the_heir() {
+        let mut t = timeline();
+        // 30 retired (too many checkpoints), then 20: a first access under 30 that
+        // was still on its way resumes from 10, the newest one alive before it.
+        t.checkpoint_lost(30);
+        t.checkpoint_lost(20);
+        assert!(t.accessed("/p/late.lua".into(), 30, 0, read(5)));
+        let r = t
+            .decide(["/p/late.lua".into()], contents(&[("/p/late.lua", fp(6))]))
+            .unwrap();
+        assert_eq!(r.checkpoint.pid, 10);
+        // A checkpoint never announced stays unknown.
+        assert!(!t.accessed("/p/x.lua".into(), 99, 0, read(1)));
     }
 }

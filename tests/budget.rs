@@ -94,6 +94,33 @@ fn the_checkpoint_cap_retires_the_least_needed_and_resumes_stay_correct() {
     }
 }
 
+/// A checkpoint before each of 200 quick files, with room for 3: most are retired
+/// within moments, often before the coordinator has read the first accesses told
+/// under them. Those files are still watched (they resume from the checkpoint that
+/// took over), where before 60 to 190 of the 201 were silently left out.
+#[test]
+fn files_first_read_under_a_checkpoint_retired_at_once_are_still_watched() {
+    let _l = lock();
+    if !require_tool("lua5.4") {
+        return;
+    }
+    let dir = TempDir::new("budget-heirs");
+    modules(&dir, 200, 0);
+    let mut s = Session::start(
+        forkhook_command()
+            .args(["-e", "lua", "--", "lua5.4", "main.lua"])
+            .current_dir(&dir.path)
+            .env("FORKHOOK_MAX_CHECKPOINTS", "3")
+            .env("FORKHOOK_CHECKPOINT_SHARE", "1"),
+    );
+    s.expect_stdout("total 20100", T);
+    let line = s.expect_stderr("run exited", T);
+    assert!(line.contains("watching 201 files"), "{line}");
+    save_rename_over(&dir.join("m120.lua"), "return 1120\n");
+    s.expect_stdout("total 21100", T);
+    s.expect_stderr("run exited", T);
+}
+
 /// Total proportional memory of a process and all its descendants, in bytes.
 fn session_pss(s: &Session) -> u64 {
     std::iter::once(s.pid() as i32)
