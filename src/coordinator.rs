@@ -67,6 +67,11 @@ const MESSAGE_BATCH_PAUSE: Duration = Duration::from_millis(1);
 /// After events that concerned no tracked file, how long the inotify descriptor is left
 /// alone (see `serve`).
 const UNTRACKED_EVENTS_PAUSE: Duration = Duration::from_millis(2);
+/// First accesses wait in the ring while the run is reading files, until it has told
+/// none for this long (see `ring_due`)...
+const ACCESS_QUIET: Duration = Duration::from_millis(5);
+/// ... or the oldest has waited this long (a run that reads files without a pause).
+const ACCESS_MAX_WAIT: Duration = Duration::from_millis(250);
 /// See `read_baselines`.
 const BASELINE_QUIET: Duration = Duration::from_millis(20);
 const BASELINE_MAX_WAIT: Duration = Duration::from_secs(2);
@@ -115,6 +120,10 @@ struct Coordinator {
     unread: VecDeque<(PathBuf, Identity, Instant)>,
     /// First accesses told before their checkpoint was (see `take_messages`).
     early: Vec<Up>,
+    /// The ring's write position when last looked at, and when it last moved.
+    ring_seen: (u64, Instant),
+    /// Since when first accesses wait in the ring (see `ring_due`).
+    ring_waiting_since: Option<Instant>,
     /// When the last message arrived: a run that sends none is not busy reading files.
     last_message: Instant,
     /// Files with change events not yet decided on.
@@ -199,6 +208,8 @@ pub(crate) fn run(sock: OwnedFd, probe: Option<sys::CowProbe>) -> ! {
         warned_watch_limit: false,
         unread: VecDeque::new(),
         early: Vec::new(),
+        ring_seen: (0, Instant::now()),
+        ring_waiting_since: None,
         last_message: Instant::now(),
         pending: BTreeSet::new(),
         writing: HashSet::new(),
@@ -229,7 +240,16 @@ impl Coordinator {
         let mut busy = false;
         loop {
             let mut timeout = self.next_timeout();
-            if busy {
+            let ring_wait = ring.and_then(|r| self.ring_due(r).err());
+            if let Some(wait) = ring_wait {
+                // First accesses wait while the run reads files (see `ring_due`): look
+                // again when they may be due, and let the run add more without waking
+                // us (it wakes us only when we sleep).
+                let wait = wait.as_micros().div_ceil(1000) as i32;
+                if timeout < 0 || timeout > wait {
+                    timeout = wait;
+                }
+            } else if busy {
                 // Messages came: let the run add more for a moment before looking
                 // again, rather than be woken for each (a run wakes us only when we
                 // sleep). Nothing waits on us meanwhile.
@@ -281,7 +301,8 @@ impl Coordinator {
                     }
                 }
             }
-            busy = self.take_messages(ring, &mut message) > 0;
+            let ring_now = ring.filter(|r| self.ring_due(r).is_ok());
+            busy = self.take_messages(ring_now, ring, &mut message) > 0;
             if ready.get(2) == Some(&true) {
                 if let Some(inotify) = &self.inotify {
                     events.clear();
@@ -323,14 +344,22 @@ impl Coordinator {
     /// messages go first but for run ends, which wait until the ring has been read
     /// again; a first access whose checkpoint is still unknown waits for the next
     /// round.
-    fn take_messages(&mut self, ring: Option<&sys::Ring>, buf: &mut [u8]) -> usize {
+    ///
+    /// `ring_now` is the ring if its messages are due (see `ring_due`), `ring` the
+    /// ring: a run's end is handled after everything it told, due or not.
+    fn take_messages(
+        &mut self,
+        ring_now: Option<&sys::Ring>,
+        ring: Option<&sys::Ring>,
+        buf: &mut [u8],
+    ) -> usize {
         let mut ring_messages = Vec::new();
-        let take_ring = |into: &mut Vec<Result<Up, Malformed>>| {
+        let take_ring = |ring: Option<&sys::Ring>, into: &mut Vec<Result<Up, Malformed>>| {
             if let Some(ring) = ring {
                 ring.take(|bytes| into.push(Up::decode(bytes)));
             }
         };
-        take_ring(&mut ring_messages);
+        take_ring(ring_now, &mut ring_messages);
         let mut handled = ring_messages.len();
         let mut ends = Vec::new();
         loop {
@@ -352,7 +381,7 @@ impl Coordinator {
         }
         if !ends.is_empty() {
             let mut last = Vec::new();
-            take_ring(&mut last);
+            take_ring(ring, &mut last);
             handled += last.len();
             for message in last.into_iter().chain(ends) {
                 self.handle(message, None);
@@ -362,7 +391,39 @@ impl Coordinator {
             self.last_message = Instant::now();
             self.untidy = true;
         }
+        if ring.is_some_and(|r| r.unread() == 0) {
+            self.ring_waiting_since = None;
+        }
         handled
+    }
+
+    /// Are the first accesses waiting in the ring due? If not, how long until they may
+    /// be. They wait while the run is reading files: handling one (resolving the path,
+    /// adding watches, comparing what the file holds with what the run saw) costs
+    /// system calls and CPU time the run, busy loading, would compete with on a small
+    /// machine. A file edited meanwhile is found changed when its access is handled,
+    /// by the comparison, so waiting loses no edit; it only delays noticing one made
+    /// while the run was loading. Nothing waits when a change is being decided on, or
+    /// when no run is alive.
+    fn ring_due(&mut self, ring: &sys::Ring) -> Result<(), Duration> {
+        let now = Instant::now();
+        let written = ring.written();
+        if written != self.ring_seen.0 {
+            self.ring_seen = (written, now);
+        }
+        if ring.unread() == 0 {
+            return Ok(());
+        }
+        let since = *self.ring_waiting_since.get_or_insert(now);
+        let due = (self.ring_seen.1 + ACCESS_QUIET).min(since + ACCESS_MAX_WAIT);
+        if now >= due
+            || ring.unread() > sys::Ring::TAKE_BEYOND
+            || self.run.is_none()
+            || self.deadline().is_some()
+        {
+            return Ok(());
+        }
+        Err(due - now)
     }
 
     fn handle(&mut self, message: Result<Up, Malformed>, fd: Option<OwnedFd>) {

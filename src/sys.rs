@@ -888,6 +888,23 @@ impl Ring {
         h.read.store(at.min(end), Ordering::Release);
     }
 
+    /// Where the run's appends have got to: it moves while the run reads files.
+    pub fn written(&self) -> u64 {
+        self.header().write.load(Ordering::Acquire)
+    }
+
+    /// Bytes appended and not taken yet.
+    pub fn unread(&self) -> u64 {
+        let h = self.header();
+        h.write
+            .load(Ordering::Acquire)
+            .saturating_sub(h.read.load(Ordering::Relaxed))
+    }
+
+    /// Past this many unread bytes, messages are taken at once, so that the run never
+    /// finds the ring full (it would then have to send on the socket).
+    pub const TAKE_BEYOND: u64 = RING_DATA as u64 / 4;
+
     /// The coordinator is going to sleep: true if it may (nothing came meanwhile),
     /// false if there is something to take first. A later `push` reports that it
     /// must be woken.

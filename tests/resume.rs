@@ -575,6 +575,41 @@ fn a_slow_delete_and_recreate_resumes_once_with_the_new_content() {
     assert_eq!(s.count_stderr("not found"), 0, "{}", s.transcript());
 }
 
+/// The coordinator leaves first accesses in the ring while the run goes on reading
+/// files, so a.lua is not watched yet when it is saved: the save is found by comparing
+/// the file with what the run saw once the access is handled, and it resumes.
+#[test]
+fn a_file_saved_while_the_run_still_loads_others_resumes() {
+    let _l = lock();
+    if !require_tool("lua5.4") {
+        return;
+    }
+    let dir = TempDir::new("edit-while-loading");
+    dir.write("a.lua", "return 1\n");
+    for i in 1..=300 {
+        // About a millisecond of work each: the run tells a first access that often.
+        dir.write(
+            format!("b{i}.lua"),
+            &format!("local x = 0 for i = 1, 40000 do x = x + 1 end\nreturn {i}\n"),
+        );
+    }
+    dir.write(
+        "main.lua",
+        "io.stdout:setvbuf('line')\n\
+         print('a ' .. require('a'))\n\
+         local total = 0\n\
+         for i = 1, 300 do total = total + require('b' .. i) end\n\
+         print('total ' .. total)\n",
+    );
+    let mut s = start_lua(&dir);
+    s.expect_stdout("a 1", T);
+    save_rename_over(&dir.join("a.lua"), "return 2\n");
+    s.expect_stdout("a 2", T);
+    s.expect_stdout("total 45150", T);
+    let line = s.expect_stderr("a.lua changed", T);
+    assert!(line.contains("resuming"), "{}", s.transcript());
+}
+
 /// forkmon creates an inotify instance per file and breaks past the default limit of
 /// 128; one instance per session watches any number of files.
 #[test]
