@@ -21,7 +21,7 @@ use crate::budget::{Meter, Spending, Verdict};
 use crate::config::ThreadPolicy;
 use crate::coordinator;
 use crate::hook::{self, process, Observed, Then};
-use crate::protocol::{Down, Up, DOWN_LEN};
+use crate::protocol::{AccessOf, Down, Up, DOWN_LEN};
 use crate::report::human;
 use crate::sys::{self, Fork, Pid, SignalSet};
 use std::io;
@@ -77,9 +77,8 @@ impl SessionState {
 
     /// Tells the coordinator through the ring, with no system call unless it sleeps
     /// (then one wake-up); through the socket if the ring is full.
-    fn tell(&self, message: &Up) {
-        let bytes = message.encode();
-        match ring().and_then(|r| r.push(&bytes)) {
+    fn tell(&self, bytes: &[u8]) {
+        match ring().and_then(|r| r.push(bytes)) {
             Some(false) => {}
             Some(true) => {
                 if self.connected() {
@@ -88,14 +87,10 @@ impl SessionState {
             }
             None => {
                 if self.connected() {
-                    let _ = sys::send_message(self.up, &bytes, None);
+                    let _ = sys::send_message(self.up, bytes, None);
                 }
             }
         }
-    }
-
-    fn elapsed_ns(&self) -> u64 {
-        self.origin.elapsed().as_nanos() as u64
     }
 }
 
@@ -165,6 +160,9 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
     };
 
     let mut then = Then::Return;
+    // Time into the run, read once (the clock is most of what a first access costs
+    // beyond the hash lookups); again only after a checkpoint.
+    let mut elapsed = session.origin.elapsed();
     let hot = || ring().is_some_and(|r| r.is_hot(sys::path_hash(file.as_os_str().as_bytes())));
     let verdict = if session.depth == 0 {
         // The first checkpoint (the program's start, as far as files go) is always taken.
@@ -178,7 +176,6 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
             closing: session.spending.open(&mut LiveMeter),
         }
     } else {
-        let elapsed = session.origin.elapsed();
         session
             .spending
             .afford(elapsed, settings.budget.time_share, &mut LiveMeter)
@@ -207,6 +204,7 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
                     then = Then::CallAgain;
                 }
                 session = resumed;
+                elapsed = session.origin.elapsed();
             }
             Err(e) => report.warn(&format!(
                 "no checkpoint before {} ({e}); a change to it resumes from an earlier one",
@@ -217,19 +215,23 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
     if let Some(p) = process().as_mut() {
         p.session = Some(session);
     }
-    session.tell(&Up::Access {
+    let access = AccessOf {
         epoch: session.epoch,
         checkpoint: session.checkpoint,
-        elapsed_ns: session.elapsed_ns(),
+        elapsed_ns: elapsed.as_nanos() as u64,
         identity: seen.identity,
         fingerprint: seen.fingerprint,
-        file: file.to_path_buf(),
-    });
+        file,
+    };
+    session.tell(&access.encode());
     then
 }
 
 /// How long a parked checkpoint waits before it gives back its file pages.
 const PARKED_RELEASE_AFTER: Duration = Duration::from_millis(250);
+
+/// Files a session's run is expected to read, to size its sets up front.
+const FILES_EXPECTED: usize = 1024;
 
 /// Cost of a copy-on-write fault if it cannot be measured (about what a VM takes).
 const DEFAULT_PAGE_COPY: Duration = Duration::from_micros(2);
@@ -261,6 +263,11 @@ fn start_session(opened: Option<RawFd>) -> io::Result<SessionState> {
     match forked? {
         Fork::Child => {
             drop(coordinator_end);
+            if let Some(p) = process().as_mut() {
+                // A session reads files by the hundred: sized once here rather than
+                // grown (and every name hashed again) a dozen times during the run.
+                p.reserve(FILES_EXPECTED);
+            }
             let page_copy = probe
                 .as_ref()
                 .map_or(DEFAULT_PAGE_COPY, sys::CowProbe::time_copy);

@@ -110,6 +110,13 @@ pub(crate) struct Process {
 static PROCESS: Mutex<Option<Process>> = Mutex::new(None);
 
 impl Process {
+    /// Room for `files` more files without growing.
+    pub(crate) fn reserve(&mut self, files: usize) {
+        // Each file is in `seen` under one name or two (lexical and resolved).
+        self.seen.reserve(files);
+        self.names.reserve(files);
+    }
+
     /// Was the file named `name` (relative names: as of `cwd`) handled already?
     fn knows_name(&mut self, name: &[u8], cwd: u64) -> bool {
         if self.names_cwd != cwd {

@@ -80,7 +80,13 @@ pub struct Malformed;
 
 impl Up {
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Vec::with_capacity(64);
+        // Sized once: a first access is encoded in the program's own call, and growing
+        // the buffer cost more than the rest of the encoding.
+        let path_len = match self {
+            Up::Checkpoint { file, .. } | Up::Access { file, .. } => file.as_os_str().len(),
+            _ => 0,
+        };
+        let mut w = Vec::with_capacity(128 + path_len);
         match self {
             Up::Checkpoint {
                 epoch,
@@ -89,9 +95,9 @@ impl Up {
                 file,
             } => {
                 w.push(1);
-                w.extend(epoch.to_le_bytes());
-                w.extend(pid.to_le_bytes());
-                w.extend(elapsed_ns.to_le_bytes());
+                w.extend_from_slice(&epoch.to_le_bytes());
+                w.extend_from_slice(&pid.to_le_bytes());
+                w.extend_from_slice(&elapsed_ns.to_le_bytes());
                 put_path(&mut w, file);
             }
             Up::Access {
@@ -101,24 +107,24 @@ impl Up {
                 identity,
                 fingerprint,
                 file,
-            } => {
-                w.push(2);
-                w.extend(epoch.to_le_bytes());
-                w.extend(checkpoint.to_le_bytes());
-                w.extend(elapsed_ns.to_le_bytes());
-                w.extend(identity.to_bytes());
-                w.extend(fingerprint.to_bytes());
-                put_path(&mut w, file);
+            } => AccessOf {
+                epoch: *epoch,
+                checkpoint: *checkpoint,
+                elapsed_ns: *elapsed_ns,
+                identity: *identity,
+                fingerprint: *fingerprint,
+                file,
             }
+            .put(&mut w),
             Up::RunStarted {
                 epoch,
                 pid,
                 checkpoint,
             } => {
                 w.push(3);
-                w.extend(epoch.to_le_bytes());
-                w.extend(pid.to_le_bytes());
-                w.extend(checkpoint.to_le_bytes());
+                w.extend_from_slice(&epoch.to_le_bytes());
+                w.extend_from_slice(&pid.to_le_bytes());
+                w.extend_from_slice(&checkpoint.to_le_bytes());
             }
             Up::RunEnded {
                 epoch,
@@ -127,16 +133,16 @@ impl Up {
                 peak_memory,
             } => {
                 w.push(4);
-                w.extend(epoch.to_le_bytes());
-                w.extend(pid.to_le_bytes());
-                w.extend(status.to_le_bytes());
-                w.extend(peak_memory.to_le_bytes());
+                w.extend_from_slice(&epoch.to_le_bytes());
+                w.extend_from_slice(&pid.to_le_bytes());
+                w.extend_from_slice(&status.to_le_bytes());
+                w.extend_from_slice(&peak_memory.to_le_bytes());
             }
             Up::CheckpointFailed { epoch, pid, errno } => {
                 w.push(5);
-                w.extend(epoch.to_le_bytes());
-                w.extend(pid.to_le_bytes());
-                w.extend(errno.to_le_bytes());
+                w.extend_from_slice(&epoch.to_le_bytes());
+                w.extend_from_slice(&pid.to_le_bytes());
+                w.extend_from_slice(&errno.to_le_bytes());
             }
             Up::Wake => w.push(6),
         }
@@ -208,10 +214,40 @@ impl Down {
     }
 }
 
+/// [`Up::Access`] with the path borrowed: a run encodes one in the program's own
+/// call, for each first access, and copying the path first would cost an allocation.
+pub struct AccessOf<'a> {
+    pub epoch: u64,
+    pub checkpoint: Pid,
+    pub elapsed_ns: u64,
+    pub identity: Identity,
+    pub fingerprint: Fingerprint,
+    pub file: &'a Path,
+}
+
+impl AccessOf<'_> {
+    /// The same bytes as `Up::Access { .. }.encode()`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Vec::with_capacity(128 + self.file.as_os_str().len());
+        self.put(&mut w);
+        w
+    }
+
+    fn put(&self, w: &mut Vec<u8>) {
+        w.push(2);
+        w.extend_from_slice(&self.epoch.to_le_bytes());
+        w.extend_from_slice(&self.checkpoint.to_le_bytes());
+        w.extend_from_slice(&self.elapsed_ns.to_le_bytes());
+        w.extend_from_slice(&self.identity.to_bytes());
+        w.extend_from_slice(&self.fingerprint.to_bytes());
+        put_path(w, self.file);
+    }
+}
+
 fn put_path(w: &mut Vec<u8>, path: &Path) {
     let bytes = path.as_os_str().as_bytes();
-    w.extend((bytes.len() as u32).to_le_bytes());
-    w.extend(bytes);
+    w.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    w.extend_from_slice(bytes);
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -295,7 +331,26 @@ mod tests {
             Up::Wake,
         ];
         for m in messages {
-            assert_eq!(Up::decode(&m.encode()), Ok(m));
+            assert_eq!(Up::decode(&m.encode()), Ok(m.clone()));
+            if let Up::Access {
+                epoch,
+                checkpoint,
+                elapsed_ns,
+                identity,
+                fingerprint,
+                file,
+            } = &m
+            {
+                let borrowed = AccessOf {
+                    epoch: *epoch,
+                    checkpoint: *checkpoint,
+                    elapsed_ns: *elapsed_ns,
+                    identity: *identity,
+                    fingerprint: *fingerprint,
+                    file,
+                };
+                assert_eq!(borrowed.encode(), m.encode());
+            }
         }
     }
 
