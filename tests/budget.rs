@@ -21,6 +21,22 @@ fn modules(dir: &TempDir, count: usize, work: u64) {
     dir.write("main.lua", &main);
 }
 
+/// A verbose session on 200 modules loaded in quick succession, with `env` set, once
+/// its first run has ended having watched all 201 files.
+fn quick_modules_run(dir: &TempDir, env: &[(&str, &str)]) -> Session {
+    modules(dir, 200, 0);
+    let mut command = forkhook_command();
+    command
+        .args(["-v", "-e", "lua", "--", "lua5.4", "main.lua"])
+        .current_dir(&dir.path)
+        .envs(env.iter().copied());
+    let mut s = Session::start(command);
+    s.expect_stdout("total 20100", T);
+    let line = s.expect_stderr("run exited", T);
+    assert!(line.contains("watching 201 files"), "{line}");
+    s
+}
+
 /// 200 modules loaded in quick succession: one fork each would cost more than the
 /// budget allows, so most share a checkpoint; a change to any still resumes right.
 #[test]
@@ -30,15 +46,7 @@ fn quick_files_share_checkpoints_and_still_resume_correctly() {
         return;
     }
     let dir = TempDir::new("budget-time");
-    modules(&dir, 200, 0);
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-v", "-e", "lua", "--", "lua5.4", "main.lua"])
-            .current_dir(&dir.path),
-    );
-    s.expect_stdout("total 20100", T);
-    let line = s.expect_stderr("run exited", T);
-    assert!(line.contains("watching 201 files"), "{line}");
+    let mut s = quick_modules_run(&dir, &[]);
     let taken = s.count_stderr("] checkpoint ");
     assert!(
         (1..201).contains(&taken),
@@ -105,17 +113,13 @@ fn files_first_read_under_a_checkpoint_retired_at_once_are_still_watched() {
         return;
     }
     let dir = TempDir::new("budget-heirs");
-    modules(&dir, 200, 0);
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-e", "lua", "--", "lua5.4", "main.lua"])
-            .current_dir(&dir.path)
-            .env("FORKHOOK_MAX_CHECKPOINTS", "3")
-            .env("FORKHOOK_CHECKPOINT_SHARE", "1"),
+    let mut s = quick_modules_run(
+        &dir,
+        &[
+            ("FORKHOOK_MAX_CHECKPOINTS", "3"),
+            ("FORKHOOK_CHECKPOINT_SHARE", "1"),
+        ],
     );
-    s.expect_stdout("total 20100", T);
-    let line = s.expect_stderr("run exited", T);
-    assert!(line.contains("watching 201 files"), "{line}");
     save_rename_over(&dir.join("m120.lua"), "return 1120\n");
     s.expect_stdout("total 21100", T);
     s.expect_stderr("run exited", T);
