@@ -788,6 +788,10 @@ fn python_project() -> Res<Project> {
 struct ProjectRuns {
     plain_wall: Vec<f64>,
     hook_wall: Vec<f64>,
+    /// The parts of the overhead: the launcher and the library with nothing matching,
+    /// and a session with only its first checkpoint.
+    nothing_wall: Vec<f64>,
+    first_only_wall: Vec<f64>,
     plain_maxrss: Vec<f64>,
     hook_pss: Vec<f64>,
     hook_procs: Vec<usize>,
@@ -823,9 +827,21 @@ fn run_project(p: &Project, runs: usize) -> Res<ProjectRuns> {
         w.wait_out(|t| t.starts_with("done"))?;
         w.wait_runs_ended(1)?;
     }
+    let nothing_cmd = || {
+        let mut c = forkhook("nomatch", &argv);
+        c.current_dir(&p.dir.path).envs(p.env.iter().copied());
+        c
+    };
+    let first_only_cmd = || {
+        let mut c = hook_cmd();
+        c.env("FORKHOOK_CHECKPOINT_SHARE", "0");
+        c
+    };
     let mut r = ProjectRuns {
         plain_wall: vec![],
         hook_wall: vec![],
+        nothing_wall: vec![],
+        first_only_wall: vec![],
         plain_maxrss: vec![],
         hook_pss: vec![],
         hook_procs: vec![],
@@ -849,6 +865,18 @@ fn run_project(p: &Project, runs: usize) -> Res<ProjectRuns> {
         let (pss, processes) = settled_memory(&s);
         r.hook_pss.push(pss as f64);
         r.hook_procs.push(processes);
+        drop(s);
+
+        let mut n = Proc::spawn(&format!("nothing matching {}", p.name), &mut nothing_cmd())?;
+        let done = n.wait_out(|t| t.starts_with("done"))?;
+        r.nothing_wall.push(ms(done.at - n.started));
+        n.wait_exit()?;
+        drop(n);
+
+        let mut f = Proc::spawn(&format!("share 0 {}", p.name), &mut first_only_cmd())?;
+        let done = f.wait_out(|t| t.starts_with("done"))?;
+        r.first_only_wall.push(ms(done.at - f.started));
+        f.wait_runs_ended(1)?;
     }
     Ok(r)
 }
@@ -873,6 +901,15 @@ fn scenario_projects(o: &Opts, report: &mut Report, overhead: bool, memory: bool
                 "≤ 1.05× (medians)",
                 yes(b / a <= 1.05),
             );
+            report.note(format!(
+                "2: {}: parts of the overhead, medians of the same interleaved runs: the \
+                 launcher and the library with nothing matching {:.3}×, a session with only \
+                 its first checkpoint (FORKHOOK_CHECKPOINT_SHARE=0) {:.3}×, default {:.3}×",
+                p.name,
+                median(&r.nothing_wall) / a,
+                median(&r.first_only_wall) / a,
+                b / a
+            ));
         }
         if memory {
             let (a, b) = (median(&r.plain_maxrss), median(&r.hook_pss));
