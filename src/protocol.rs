@@ -80,8 +80,8 @@ pub struct Malformed;
 
 impl Up {
     pub fn encode(&self) -> Vec<u8> {
-        // Sized once: a first access is encoded in the program's own call, and growing
-        // the buffer cost more than the rest of the encoding.
+        // Sized once, as `AccessOf::encode` does (there, growing the buffer cost more
+        // than the rest of the encoding).
         let path_len = match self {
             Up::Checkpoint { file, .. } | Up::Access { file, .. } => file.as_os_str().len(),
             _ => 0,
