@@ -1,17 +1,30 @@
 //! Taking a checkpoint, parking it, and forking runs from it.
 //!
-//! The process tree of a session is a chain:
+//! The process tree of a session, after a first run that took three checkpoints and
+//! a resume from the third:
 //!
 //! ```text
-//! coordinator (the original pid) ─ checkpoint 1 ─ checkpoint 2 ─ … ─ run ─ what the run spawned
+//! coordinator (the original pid)
+//! └─ checkpoint 1 ─┬─ checkpoint 2
+//!                  └─ checkpoint 3 ─┬─ run ─ what the run spawned
+//!                                   └─ checkpoint 4 (taken by that run)
 //! ```
 //!
-//! At a first access the run forks: the parent parks as the new checkpoint, the child
-//! carries on as the run. A parked checkpoint is a subreaper, so whatever its run
-//! spawned (also daemons that detached) stays below it and can be found and ended.
-//! A checkpoint is taken inside the hooked call, after the real `open`/`stat` and
-//! before its result reaches the program. On a resume order it ends everything below
-//! it, then forks a fresh run, which makes the real call again on the edited file.
+//! The first checkpoint parks in place: at the session's first access the process
+//! forks, the parent parks, and the child carries on as the run. Every later one is
+//! a sibling of the run (`sys::fork_sibling`): a copy parks beside it, under the
+//! run's parent, and the run carries on in the same process. So the run is never a
+//! deeper copy than where it started (a chain of forks makes each fork dearer, see
+//! `sys::fork_sibling`), it keeps its mapped code, and the program never sees a
+//! checkpoint among its children. A process with several threads still parks in
+//! place: glibc's fork handlers keep malloc usable in the child.
+//!
+//! Checkpoints are subreapers, so whatever a run spawned (also daemons that detached)
+//! stays below the checkpoint it was forked from, and everything stays below
+//! checkpoint 1. A checkpoint is taken inside the hooked call, after the real
+//! `open`/`stat` and before its result reaches the program. On a resume the
+//! coordinator ends every process but the checkpoints it keeps, then orders the
+//! checkpoint to fork a fresh run, which makes the real call again on the edited file.
 //!
 //! A forked child (the run) may do anything: it is the program. A parked checkpoint
 //! only ever runs the code in this file, and leaves with `_exit`, so the program's
@@ -27,7 +40,8 @@ use crate::sys::{self, Fork, Pid, SignalSet};
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -334,9 +348,13 @@ fn threads_allow(settings: &crate::config::Settings) -> bool {
     !skip
 }
 
-/// Takes a checkpoint: announce it, fork, park the parent. Returns in the child, the
-/// run, with its updated state. Returns `Err` in this same process when no run could
-/// be forked: the program then carries on without this checkpoint.
+/// Takes a checkpoint. Returns in the run, with its updated state; `Err` when none
+/// could be taken, and the program carries on without it.
+///
+/// Two ways (see the module's documentation): a sibling parks and this process goes
+/// on as the run, or this process parks and its child goes on. The second is for the
+/// first checkpoint, which must be the parent of everything after it, and for a
+/// process with several threads (fork's handlers keep malloc usable in the child).
 fn take(
     session: SessionState,
     file: &Path,
@@ -348,51 +366,55 @@ fn take(
     let offsets = record_offsets();
     let (orders, orders_for_coordinator) = sys::pipe()?;
     let orders = sys::move_high(orders)?;
-    let me = sys::getpid();
-    let elapsed = session.origin.elapsed();
-    // This process was a run, which dies with its parent. A checkpoint must not: the
-    // coordinator may retire the one above it as soon as it hears of this one, and a
-    // checkpoint learns of the coordinator's end from its order pipe instead.
-    let _ = sys::set_parent_death_signal(0);
-    let announced = session.send(
-        &Up::Checkpoint {
-            epoch: session.epoch,
-            pid: me,
-            elapsed_ns: elapsed.as_nanos() as u64,
-            file: file.to_path_buf(),
-        },
-        Some(orders_for_coordinator.as_raw_fd()),
-    );
-    if let Err(e) = announced {
-        still_a_run(&session);
-        return Err(e);
-    }
-    // Only the coordinator holds the write end now: if it dies, we read end-of-file.
-    drop(orders_for_coordinator);
-
     let parked = Parked {
         orders,
         offsets,
-        elapsed,
+        elapsed: session.origin.elapsed(),
         session,
-        file: file.display().to_string(),
+        file: file.to_path_buf(),
         opened,
         closing,
     };
-    match parked.park(began) {
-        Ok(resumed) => Ok(resumed),
-        Err(e) => {
-            let _ = session.send(
-                &Up::CheckpointFailed {
-                    epoch: session.epoch,
-                    pid: me,
-                    errno: e.raw_os_error().unwrap_or(0),
-                },
-                None,
-            );
-            Err(e)
+    if session.depth > 0 && sys::thread_count() <= 1 && !SIBLINGS_REFUSED.load(Ordering::Relaxed) {
+        match parked.beside(orders_for_coordinator, began) {
+            Beside::Taken(resumed) => return Ok(resumed),
+            Beside::Failed(e) => return Err(e),
+            // This system forbids the clone (a sandbox): park this process instead.
+            Beside::Refused(parked, orders_for_coordinator, e) => {
+                SIBLINGS_REFUSED.store(true, Ordering::Relaxed);
+                hook::reporter().detail(|| {
+                    format!(
+                        "checkpoints are taken in place from now on (clone with CLONE_PARENT: \
+                         {e}); each makes the next fork a little dearer"
+                    )
+                });
+                return parked.in_place(orders_for_coordinator, began);
+            }
         }
     }
+    parked.in_place(orders_for_coordinator, began)
+}
+
+/// Set once `clone(CLONE_PARENT)` was refused: later checkpoints park in place.
+static SIBLINGS_REFUSED: AtomicBool = AtomicBool::new(false);
+
+enum Beside {
+    Taken(SessionState),
+    Failed(io::Error),
+    Refused(Parked, OwnedFd, io::Error),
+}
+
+/// The verbose line for a checkpoint taken at `depth` (0: the first).
+fn say_taken(depth: usize, file: &Path, elapsed: Duration, cost: Duration) {
+    hook::reporter().detail(|| {
+        format!(
+            "checkpoint {} before {} ({} in, took {})",
+            depth + 1,
+            file.display(),
+            human(elapsed),
+            human(cost)
+        )
+    });
 }
 
 /// No checkpoint after all: this process goes on as the run it was, which dies with
@@ -425,7 +447,7 @@ struct Parked {
     /// time into the run at this checkpoint
     elapsed: Duration,
     session: SessionState,
-    file: String,
+    file: PathBuf,
     /// What the interrupted call opened: the run forked first keeps it, runs forked
     /// later make the call again.
     opened: Option<RawFd>,
@@ -434,9 +456,122 @@ struct Parked {
 }
 
 impl Parked {
-    /// Forks the first run at once (taking a checkpoint does not stop the program),
-    /// then waits for orders. Returns only in a forked run.
-    fn park(self, began: Instant) -> io::Result<SessionState> {
+    /// This process parks as the checkpoint, and a child it forks goes on as the run.
+    fn in_place(self, orders_for_coordinator: OwnedFd, began: Instant) -> io::Result<SessionState> {
+        let session = self.session;
+        let me = sys::getpid();
+        // This process was a run, which dies with its parent. A checkpoint must not:
+        // the coordinator may retire the one above it as soon as it hears of this
+        // one, and a checkpoint learns of the coordinator's end from its order pipe.
+        let _ = sys::set_parent_death_signal(0);
+        let announced = session.send(
+            &Up::Checkpoint {
+                epoch: session.epoch,
+                pid: me,
+                elapsed_ns: self.elapsed.as_nanos() as u64,
+                file: self.file.clone(),
+            },
+            Some(orders_for_coordinator.as_raw_fd()),
+        );
+        if let Err(e) = announced {
+            still_a_run(&session);
+            return Err(e);
+        }
+        // Only the coordinator holds the write end now: if it dies, we read end-of-file.
+        drop(orders_for_coordinator);
+        self.park(Some(began)).inspect_err(|e| {
+            let _ = session.send(
+                &Up::CheckpointFailed {
+                    epoch: session.epoch,
+                    pid: me,
+                    errno: e.raw_os_error().unwrap_or(0),
+                },
+                None,
+            );
+        })
+    }
+
+    /// A sibling of this process parks as the checkpoint (see `sys::fork_sibling`),
+    /// and this process goes on as the run.
+    fn beside(self, orders_for_coordinator: OwnedFd, began: Instant) -> Beside {
+        let session = self.session;
+        let sibling = match sys::fork_sibling() {
+            Ok(Fork::Parent(pid)) => pid,
+            Ok(Fork::Child) => {
+                // The checkpoint. Our parent is the run's; no parent-death signal
+                // came with the clone, and none is wanted (see `in_place`).
+                drop(orders_for_coordinator);
+                if let Some(fd) = self.opened {
+                    // The run keeps it; the runs forked from here make the call again.
+                    sys::close(fd);
+                }
+                let parked = Parked {
+                    opened: None,
+                    ..self
+                };
+                match parked.park(None) {
+                    Ok(resumed) => return Beside::Taken(resumed),
+                    // Not parked: nobody waits on this copy (its order pipe's write
+                    // end is passed on below, and the coordinator drops a checkpoint
+                    // whose pipe ends).
+                    Err(_) => sys::exit_now(1),
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::EPERM | libc::ENOSYS)
+                ) =>
+            {
+                return Beside::Refused(self, orders_for_coordinator, e)
+            }
+            Err(e) => return Beside::Failed(e),
+        };
+        let Parked {
+            orders,
+            elapsed,
+            file,
+            closing,
+            ..
+        } = self;
+        // The sibling's end (it has closed its copy of ours).
+        drop(orders);
+        // Announced before this process says anything else: its next first accesses
+        // name the new checkpoint.
+        let announced = session.send(
+            &Up::Checkpoint {
+                epoch: session.epoch,
+                pid: sibling,
+                elapsed_ns: elapsed.as_nanos() as u64,
+                file: file.clone(),
+            },
+            Some(orders_for_coordinator.as_raw_fd()),
+        );
+        // Closing our write end: if the announcement failed, the sibling reads
+        // end-of-file at once and leaves.
+        drop(orders_for_coordinator);
+        if let Err(e) = announced {
+            return Beside::Failed(e);
+        }
+        let cost = began.elapsed();
+        say_taken(session.depth, &file, elapsed, cost);
+        Beside::Taken(SessionState {
+            checkpoint: sibling,
+            spending: session.spending.after_checkpoint(
+                closing,
+                cost,
+                sys::minor_faults(),
+                sys::anonymous_pages().unwrap_or(0),
+            ),
+            depth: session.depth + 1,
+            ..session
+        })
+    }
+
+    /// Waits for orders, having forked the first run at once if `first_run` (taking
+    /// a checkpoint in place does not stop the program: it goes on in the child).
+    /// Returns only in a run forked from here.
+    fn park(self, first_run: Option<Instant>) -> io::Result<SessionState> {
         let me = sys::getpid();
         let program_mask = parked_signals().block();
         let sigchld = match SignalSet::of(&[libc::SIGCHLD]).signalfd() {
@@ -449,33 +584,30 @@ impl Parked {
         // Before the first fork, so even what the first run spawns stays below us.
         let _ = sys::set_child_subreaper();
         let mut epoch = self.session.epoch;
-        let mut run = match self.fork_run(epoch, &program_mask, &sigchld) {
-            Ok(Fork::Parent(pid)) => {
-                // Nothing is created here from now on, so the number stays free for
-                // the runs forked later, which close it again (harmlessly).
-                if let Some(fd) = self.opened {
-                    sys::close(fd);
+        let mut run = 0;
+        if let Some(began) = first_run {
+            match self.fork_run(epoch, &program_mask, &sigchld) {
+                Ok(Fork::Parent(pid)) => run = pid,
+                Ok(Fork::Child) => return Ok(self.run_state(epoch, began)),
+                Err(e) => {
+                    drop(sigchld);
+                    program_mask.set_mask();
+                    still_a_run(&self.session);
+                    return Err(e);
                 }
-                pid
             }
-            Ok(Fork::Child) => return Ok(self.run_state(epoch, began)),
-            Err(e) => {
-                drop(sigchld);
-                program_mask.set_mask();
-                still_a_run(&self.session);
-                return Err(e);
+            // Nothing is created here from now on, so the number stays free for the
+            // runs forked later, which close it again (harmlessly).
+            if let Some(fd) = self.opened {
+                sys::close(fd);
             }
-        };
-        let report = hook::reporter();
-        report.detail(|| {
-            format!(
-                "checkpoint {} before {} ({} in, took {})",
-                self.session.depth + 1,
-                self.file,
-                human(self.elapsed),
-                human(began.elapsed())
-            )
-        });
+            say_taken(
+                self.session.depth,
+                &self.file,
+                self.elapsed,
+                began.elapsed(),
+            );
+        }
 
         // Code and constants this process mapped while it was the run are given back
         // once parked for a moment (see `sys::release_file_pages`); not at once, since
@@ -533,7 +665,8 @@ impl Parked {
                     Ok(Fork::Parent(pid)) => run = pid,
                     Ok(Fork::Child) => return Ok(self.run_state(epoch, began)),
                     Err(e) => {
-                        report.error(&format!("cannot fork a run from the checkpoint: {e}"));
+                        hook::reporter()
+                            .error(&format!("cannot fork a run from the checkpoint: {e}"));
                         run = 0;
                     }
                 }

@@ -85,8 +85,14 @@ const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// Time a run gets to end by itself on SIGTERM/SIGHUP before everything is killed.
 const STOP_GRACE: Duration = Duration::from_millis(300);
 
+/// How long a resume waits for the old run's processes to be reaped (see
+/// `end_branch`); a process stuck in the kernel may take longer.
+const END_BRANCH_LIMIT: Duration = Duration::from_secs(2);
+
 struct Run {
     pid: Pid,
+    /// The checkpoint it was forked from: it dies with it, so that one stays.
+    parent: Pid,
     started: Instant,
     /// Time into the run the checkpoint had reached: what this run did not redo.
     skipped: Duration,
@@ -477,17 +483,14 @@ impl Coordinator {
                 }
                 self.accessed(&file, checkpoint, identity, fingerprint)
             }
-            // Only the newest checkpoint's run is the run: a slower checkpoint may tell of
-            // its child after that child became a checkpoint itself.
+            // A run that parked in place (see `checkpoint::take`) is no run any more,
+            // and its checkpoint may tell of it after it did.
             Up::RunStarted {
                 epoch,
                 pid,
                 checkpoint,
-            } if epoch == self.epoch
-                && self.timeline.checkpoints().last().map(|c| c.pid) == Some(checkpoint)
-                && !self.ever_checkpoints.contains(&pid) =>
-            {
-                self.run_started(pid)
+            } if epoch == self.epoch && !self.ever_checkpoints.contains(&pid) => {
+                self.run_started(pid, checkpoint)
             }
             Up::RunEnded {
                 epoch,
@@ -657,10 +660,13 @@ impl Coordinator {
         }
     }
 
-    fn run_started(&mut self, pid: Pid) {
+    fn run_started(&mut self, pid: Pid, parent: Pid) {
         match &mut self.run {
-            // A new checkpoint: the same run goes on in its forked child.
-            Some(run) => run.pid = pid,
+            // A checkpoint taken in place: the same run goes on in its forked child.
+            Some(run) => {
+                run.pid = pid;
+                run.parent = parent;
+            }
             None => {
                 // The first run started with the program, before any checkpoint.
                 let started = if self.runs_started == 0 {
@@ -671,6 +677,7 @@ impl Coordinator {
                 self.runs_started += 1;
                 self.run = Some(Run {
                     pid,
+                    parent,
                     started,
                     skipped: self.next_skipped,
                 });
@@ -1072,6 +1079,10 @@ impl Coordinator {
             let hot: Vec<u64> = changed.iter().map(|p| self.timeline.name_hash(p)).collect();
             ring.set_hot(&hot);
         }
+        // Whether the run ended by itself before the resume (then its end is still
+        // worth reporting), or is ended now, by us.
+        let run_ended = self.run.as_ref().is_some_and(|r| !sys::running(r.pid));
+        self.end_branch();
         let order = Down::Resume { epoch: self.epoch }.encode();
         let sent = self
             .orders
@@ -1086,7 +1097,7 @@ impl Coordinator {
             ));
             return;
         }
-        self.replaced = self.run.take();
+        self.replaced = self.run.take().filter(|_| run_ended);
         self.next_skipped = checkpoint.elapsed;
         self.awaiting_until = Some(Instant::now() + AWAIT_LIMIT);
         if self.settings.hold_after_resume > Duration::ZERO {
@@ -1106,11 +1117,50 @@ impl Coordinator {
         ));
     }
 
+    /// Ends every process of the session but us and the checkpoints the timeline
+    /// keeps: the run, what it started, and the checkpoints after the one resumed
+    /// from. Those are not all below that checkpoint (a run's checkpoints are its
+    /// siblings: see `checkpoint`), but all are below the first one, which stays.
+    /// Returns once they are gone (their parents reap them at once), so that nothing
+    /// of the old run overlaps the new one.
+    fn end_branch(&mut self) {
+        let checkpoints = self.timeline.checkpoints();
+        let Some(first) = checkpoints.first().map(|c| c.pid) else {
+            return;
+        };
+        let kept: HashSet<Pid> = checkpoints.iter().map(|c| c.pid).collect();
+        let deadline = Instant::now() + END_BRANCH_LIMIT;
+        loop {
+            let doomed: Vec<Pid> = sys::descendants_of(first)
+                .into_iter()
+                .filter(|p| !kept.contains(p))
+                .collect();
+            if doomed.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                self.report.warn(&format!(
+                    "{} processes of the old run are still there after {}; resuming anyway",
+                    doomed.len(),
+                    human(END_BRANCH_LIMIT)
+                ));
+                return;
+            }
+            for &pid in &doomed {
+                let _ = sys::kill(pid, libc::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
     /// Keeps at most FORKHOOK_MAX_CHECKPOINTS alive, retiring those that add least.
     fn enforce_checkpoint_count(&mut self) {
         let max = self.settings.budget.max_checkpoints.max(2);
         while self.timeline.checkpoints().len() > max {
-            let Some(index) = self.timeline.least_needed() else {
+            let Some(index) = self
+                .timeline
+                .least_needed(self.run.as_ref().map(|r| r.parent))
+            else {
                 return;
             };
             self.retire(index);
@@ -1141,12 +1191,12 @@ impl Coordinator {
             if total <= limit {
                 return;
             }
-            // The first checkpoint (the program's start) always stays; the newest too
-            // while it is the parent of a run.
+            // The first checkpoint (the program's start) always stays; the run's
+            // parent too while the run lives (it dies with it).
             let checkpoints = self.timeline.checkpoints();
-            let newest_free = usize::from(self.run.is_none());
-            let retirable = 1..(checkpoints.len() + newest_free).saturating_sub(1);
-            let victim = retirable
+            let parent = self.run.as_ref().map(|r| r.parent);
+            let victim = (1..checkpoints.len())
+                .filter(|&i| Some(checkpoints[i].pid) != parent)
                 .max_by_key(|&i| sys::memory_of(checkpoints[i].pid).map_or(0, |m| m.private));
             let Some(index) = victim else {
                 if !std::mem::replace(&mut self.warned_memory, true) {

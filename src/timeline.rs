@@ -219,10 +219,13 @@ impl Timeline {
 
     /// The checkpoint to retire when there are too many: the one whose loss leaves the
     /// smallest gap in time into the run, so resume points stay spread over it. The
-    /// oldest (the program's start) and the newest (the run's parent) always stay.
-    pub fn least_needed(&self) -> Option<usize> {
+    /// oldest (the program's start), the newest and `keep` (the run's parent, which
+    /// the run dies with) always stay.
+    pub fn least_needed(&self, keep: Option<Pid>) -> Option<usize> {
         let c = &self.checkpoints;
-        (1..c.len().saturating_sub(1)).min_by_key(|&i| c[i + 1].elapsed - c[i - 1].elapsed)
+        (1..c.len().saturating_sub(1))
+            .filter(|&i| Some(c[i].pid) != keep)
+            .min_by_key(|&i| c[i + 1].elapsed - c[i - 1].elapsed)
     }
 
     /// A checkpoint vanished (its fork failed, or it died). Its files resume from the
@@ -449,19 +452,22 @@ mod tests {
     #[test]
     fn the_checkpoint_retired_first_is_the_one_leaving_the_smallest_gap() {
         let mut t = timeline(); // at 0, 500 and 900 ms
-        assert_eq!(t.least_needed(), Some(1), "only the middle one may go");
+        assert_eq!(t.least_needed(None), Some(1), "only the middle one may go");
+        let middle = t.checkpoints()[1].pid;
+        assert_eq!(t.least_needed(Some(middle)), None, "the run's parent stays");
         t.checkpoint_taken(Checkpoint {
             pid: 40,
             file: "/p/e.lua".into(),
             elapsed: Duration::from_millis(1000),
         });
         // Without 500: gap 0..900; without 900: gap 500..1000, the smaller.
-        assert_eq!(t.least_needed(), Some(2));
+        assert_eq!(t.least_needed(None), Some(2));
+        assert_eq!(t.least_needed(Some(t.checkpoints()[2].pid)), Some(1));
         let mut short = Timeline::default();
-        assert_eq!(short.least_needed(), None);
+        assert_eq!(short.least_needed(None), None);
         short.checkpoint_taken(t.checkpoints()[0].clone());
         short.checkpoint_taken(t.checkpoints()[1].clone());
-        assert_eq!(short.least_needed(), None, "first and newest stay");
+        assert_eq!(short.least_needed(None), None, "first and newest stay");
     }
 
     #[test]

@@ -113,6 +113,115 @@ fn a_resume_ends_the_old_run_and_everything_it_started_and_no_zombies_pile_up() 
     );
 }
 
+/// Takes a checkpoint before each of a.txt, b.txt and c.txt (with
+/// FORKHOOK_CHECKPOINT_SHARE=1), starting a background child and a detached daemon
+/// between b and c. Prints the children the kernel lists for it, then its pids.
+const BRANCHES: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static void show(const char *name) {
+    FILE *f = fopen(name, "r");
+    char v[64] = "";
+    if (f) { fgets(v, sizeof v, f); fclose(f); }
+    printf("%s %s", name, v);
+    fflush(stdout);
+}
+int main(void) {
+    show("a.txt");
+    show("b.txt");
+    pid_t background = fork();
+    if (background == 0) { execlp("sleep", "sleep", "300", (char *)0); _exit(1); }
+    pid_t middle = fork();
+    if (middle == 0) {
+        setsid();
+        if (fork() == 0) { execlp("sleep", "sleep", "301", (char *)0); _exit(1); }
+        _exit(0);
+    }
+    waitpid(middle, 0, 0);
+    show("c.txt");
+    char path[64], children[256] = "";
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", getpid());
+    FILE *c = fopen(path, "r");
+    if (c) { fgets(children, sizeof children, c); fclose(c); }
+    printf("children [%s] background %d\n", children, background);
+    printf("pids %d %d\n", getpid(), background);
+    fflush(stdout);
+    for (;;) pause();
+}
+"#;
+
+/// The pids of the session's processes whose command line names `what`.
+fn session_pids_running(s: &Session, what: &str) -> Vec<i32> {
+    s.descendant_processes()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(what))
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+#[test]
+fn checkpoints_are_not_the_programs_children_and_a_resume_ends_the_whole_old_branch() {
+    let _l = lock();
+    let dir = TempDir::new("branches");
+    let program = compile_c(&dir, "brancher", BRANCHES);
+    for name in ["a", "b", "c"] {
+        dir.write(format!("{name}.txt"), &format!("{name}1\n"));
+    }
+    let mut s = Session::start(
+        forkhook_command()
+            .args(["-v", "-e", "txt", "--"])
+            .arg(&program)
+            .current_dir(&dir.path)
+            .env("FORKHOOK_CHECKPOINT_SHARE", "1"),
+    );
+    s.expect_stderr("checkpoint 3 before", T);
+    // The kernel's list of the run's children: its background child only (the
+    // daemon's parent has been reaped), never one of the checkpoints.
+    let children = s.expect_stdout("children ", T);
+    let background = children.rsplit(' ').next().unwrap().trim();
+    assert_eq!(
+        children.trim(),
+        format!("children [{background} ] background {background}"),
+        "{}",
+        s.transcript()
+    );
+    let first = pids_of(&s.expect_stdout("pids ", T));
+    let daemons = session_pids_running(&s, "301");
+    assert_eq!(daemons.len(), 1, "{:#?}", s.descendant_processes());
+
+    // c.txt resumes from the checkpoint before it: taken by the run, which goes on
+    // beside it. The run, its child and its daemon go all the same.
+    save_rename_over(&dir.join("c.txt"), "c2\n");
+    s.expect_stdout("c.txt c2", T);
+    let second = pids_of(&s.expect_stdout("pids ", T));
+    assert!(
+        first.iter().chain(&daemons).all(|&p| !alive(p)),
+        "the old run, its child and its daemon must be gone: {first:?} {daemons:?}\n{}",
+        s.transcript()
+    );
+    assert_ne!(second[0], first[0]);
+
+    // b.txt resumes from an earlier checkpoint: the run forked from the later one
+    // goes, and so does that checkpoint.
+    save_rename_over(&dir.join("b.txt"), "b2\n");
+    s.expect_stdout("b.txt b2", T);
+    let children = s.expect_stdout("children ", T);
+    let third = pids_of(&s.expect_stdout("pids ", T));
+    assert!(
+        second.iter().all(|&p| !alive(p)),
+        "the second run and its child must be gone: {second:?}\n{}",
+        s.transcript()
+    );
+    assert!(children.contains(&format!("[{} ]", third[1])), "{children}");
+    assert_eq!(session_pids_running(&s, "300"), vec![third[1]]);
+    assert_eq!(session_pids_running(&s, "301").len(), 1);
+}
+
 #[test]
 fn killing_the_coordinator_with_sigkill_leaves_no_process_behind() {
     let _l = lock();
