@@ -1057,13 +1057,27 @@ impl Coordinator {
         }
     }
 
-    /// Orders `resume.checkpoint` to end everything below it and fork a fresh run.
+    /// Ends the run and everything after `resume.checkpoint`, and orders that
+    /// checkpoint to fork a fresh run.
     fn resume(&mut self, resume: Resume) {
         let Resume {
-            index,
-            checkpoint,
+            mut index,
+            mut checkpoint,
             changed,
         } = resume;
+        // A checkpoint that died (killed from outside, or one that could not park)
+        // hands its files to the one before it, which also precedes their first
+        // access: checked before the run is ended for it.
+        while index > 0 && !sys::running(checkpoint.pid) {
+            self.orders.remove(&checkpoint.pid);
+            self.timeline.checkpoint_lost(checkpoint.pid);
+            self.report.warn(&format!(
+                "checkpoint {} is gone; resuming from the one before it",
+                index + 1
+            ));
+            index -= 1;
+            checkpoint = self.timeline.checkpoints()[index].clone();
+        }
         let now: Vec<(PathBuf, Fingerprint)> = changed
             .iter()
             .map(|p| (p.clone(), Fingerprint::of_path(p)))

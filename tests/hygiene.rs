@@ -223,6 +223,55 @@ fn checkpoints_are_not_the_programs_children_and_a_resume_ends_the_whole_old_bra
 }
 
 #[test]
+fn a_checkpoint_killed_from_outside_hands_its_files_to_the_one_before() {
+    let _l = lock();
+    let dir = TempDir::new("dead-checkpoint");
+    let program = compile_c(&dir, "brancher", BRANCHES);
+    for name in ["a", "b", "c"] {
+        dir.write(format!("{name}.txt"), &format!("{name}1\n"));
+    }
+    let mut s = Session::start(
+        forkhook_command()
+            .args(["-v", "-e", "txt", "--"])
+            .arg(&program)
+            .current_dir(&dir.path)
+            .env("FORKHOOK_CHECKPOINT_SHARE", "1"),
+    );
+    s.expect_stderr("checkpoint 3 before", T);
+    let run = pids_of(&s.expect_stdout("pids ", T))[0];
+    // Checkpoint 1 is the coordinator's child; 2 and 3 sit beside the run under it.
+    let processes = s.descendant_processes();
+    let first = processes
+        .iter()
+        .find(|p| p.ppid == s.pid() as i32)
+        .expect("checkpoint 1")
+        .pid;
+    let later: Vec<i32> = processes
+        .iter()
+        .filter(|p| p.ppid == first && p.pid != run)
+        .filter(|p| {
+            std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("brancher"))
+        })
+        .map(|p| p.pid)
+        .collect();
+    assert_eq!(later.len(), 2, "checkpoints 2 and 3: {processes:#?}");
+    for &pid in &later {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(all_gone(&later));
+
+    save_rename_over(&dir.join("c.txt"), "c2\n");
+    s.expect_stderr("checkpoint 3 is gone; resuming from the one before it", T);
+    s.expect_stderr("checkpoint 2 is gone; resuming from the one before it", T);
+    s.expect_stdout("a.txt a1", T);
+    s.expect_stdout("c.txt c2", T);
+    let second = pids_of(&s.expect_stdout("pids ", T));
+    assert!(!alive(run), "{}", s.transcript());
+    assert!(alive(second[0]));
+}
+
+#[test]
 fn killing_the_coordinator_with_sigkill_leaves_no_process_behind() {
     let _l = lock();
     let dir = TempDir::new("sigkill");
