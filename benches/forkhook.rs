@@ -11,7 +11,7 @@
 //! Scenario keys: `latency` (1, edit → new output), `overhead` (2, first-run
 //! overhead), `memory` (3, memory of a session), `scale` (4, 10,000 watched files),
 //! `hook` (5, cost of a hooked `stat`), `writer` (6, a program writing a log beside its
-//! sources). 2 and 3 share their runs.
+//! sources), `every` (7, a checkpoint before every file). 2 and 3 share their runs.
 //!
 //! Every process a scenario starts is owned by a [`Proc`], whose drop ends it and
 //! every process below it, by pid (never by name), also when a scenario fails.
@@ -1289,6 +1289,60 @@ fn scenario_writer(o: &Opts, report: &mut Report) -> Res<()> {
     Ok(())
 }
 
+// ------------------------------------------------------------------------------ 7. every file
+
+/// A checkpoint before each of n tiny modules (FORKHOOK_CHECKPOINT_SHARE=1, none
+/// retired): what one costs the run, at two depths. Equal costs per checkpoint for
+/// 100 and 400 modules mean a checkpoint costs the same however many came before.
+fn scenario_every(o: &Opts, report: &mut Report) -> Res<()> {
+    eprintln!("7. a checkpoint before every file");
+    for n in [100usize, 400] {
+        let dir = TempDir::new(&format!("every{n}"))?;
+        dir.write(
+            "main.lua",
+            &format!(
+                "local s = 0\nfor i = 1, {n} do s = s + require('m' .. i) end\n\
+                 print('done ' .. s)\n"
+            ),
+        )?;
+        for i in 1..=n {
+            dir.write(format!("m{i}.lua"), &format!("return {i}\n"))?;
+        }
+        settle(Instant::now());
+        let argv = ["lua5.4", "main.lua"];
+        let (mut plain_wall, mut hook_wall) = (vec![], vec![]);
+        for _ in 0..o.pick(5, 2) {
+            let mut x = Proc::spawn("plain modules", plain(&argv).current_dir(&dir.path))?;
+            let done = x.wait_out(|t| t.starts_with("done"))?;
+            plain_wall.push(ms(done.at - x.started));
+            x.wait_exit()?;
+            drop(x);
+            let mut s = Proc::spawn(
+                "forkhook, a checkpoint before every module",
+                forkhook("lua", &argv)
+                    .env("FORKHOOK_CHECKPOINT_SHARE", "1")
+                    .env("FORKHOOK_MAX_CHECKPOINTS", "1000")
+                    .current_dir(&dir.path),
+            )?;
+            let done = s.wait_out(|t| t.starts_with("done"))?;
+            hook_wall.push(ms(done.at - s.started));
+            s.wait_runs_ended(1)?;
+        }
+        let (a, b) = (median(&plain_wall), median(&hook_wall));
+        // main.lua is a matching file too: n + 1 checkpoints.
+        let each = (b - a) / (n + 1) as f64;
+        report.row(
+            &format!("7. a checkpoint before each of {n} Lua modules, none retired"),
+            fmt_ms(a),
+            fmt_ms(b),
+            format!("{each:.2} ms per checkpoint"),
+            "(no target)",
+            "-".to_string(),
+        );
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------------------ main
 
 fn main() {
@@ -1306,7 +1360,7 @@ fn main() {
     type Scenario = fn(&Opts, &mut Report) -> Res<()>;
     let overhead = o.wants("overhead");
     let memory = o.wants("memory");
-    let scenarios: [(&str, bool, Scenario); 5] = [
+    let scenarios: [(&str, bool, Scenario); 6] = [
         ("latency", o.wants("latency"), scenario_latency),
         ("overhead/memory", overhead || memory, |o, r| {
             scenario_projects(o, r, o.wants("overhead"), o.wants("memory"))
@@ -1314,6 +1368,7 @@ fn main() {
         ("scale", o.wants("scale"), scenario_scale),
         ("hook", o.wants("hook"), scenario_hook),
         ("writer", o.wants("writer"), scenario_writer),
+        ("every", o.wants("every"), scenario_every),
     ];
     let mut failed = 0;
     for (name, wanted, run) in scenarios {
