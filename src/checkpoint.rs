@@ -480,6 +480,8 @@ impl Parked {
         // Only the coordinator holds the write end now: if it dies, we read end-of-file.
         drop(orders_for_coordinator);
         self.park(Some(began)).inspect_err(|e| {
+            // Not parked: this process goes on as the run it was.
+            still_a_run(&session);
             let _ = session.send(
                 &Up::CheckpointFailed {
                     epoch: session.epoch,
@@ -501,15 +503,7 @@ impl Parked {
                 // The checkpoint. Our parent is the run's; no parent-death signal
                 // came with the clone, and none is wanted (see `in_place`).
                 drop(orders_for_coordinator);
-                if let Some(fd) = self.opened {
-                    // The run keeps it; the runs forked from here make the call again.
-                    sys::close(fd);
-                }
-                let parked = Parked {
-                    opened: None,
-                    ..self
-                };
-                match parked.park(None) {
+                match self.park(None) {
                     Ok(resumed) => return Beside::Taken(resumed),
                     // Not parked: nobody waits on this copy (its order pipe's write
                     // end is passed on below, and the coordinator drops a checkpoint
@@ -592,14 +586,8 @@ impl Parked {
                 Err(e) => {
                     drop(sigchld);
                     program_mask.set_mask();
-                    still_a_run(&self.session);
                     return Err(e);
                 }
-            }
-            // Nothing is created here from now on, so the number stays free for the
-            // runs forked later, which close it again (harmlessly).
-            if let Some(fd) = self.opened {
-                sys::close(fd);
             }
             say_taken(
                 self.session.depth,
@@ -607,6 +595,13 @@ impl Parked {
                 self.elapsed,
                 began.elapsed(),
             );
+        }
+
+        // What the interrupted call opened stays with the run going on. Nothing is
+        // created here from now on, so the number stays free for the runs forked
+        // later, which make the call again and close it first (harmlessly).
+        if let Some(fd) = self.opened {
+            sys::close(fd);
         }
 
         // Code and constants this process mapped while it was the run are given back
