@@ -272,6 +272,88 @@ fn a_checkpoint_killed_from_outside_hands_its_files_to_the_one_before() {
 }
 
 #[test]
+fn where_siblings_are_refused_checkpoints_are_taken_in_place() {
+    let _l = lock();
+    let dir = TempDir::new("no-siblings");
+    // A sandbox that refuses clone(CLONE_PARENT) (EPERM), as some seccomp profiles
+    // do; fork is a clone without that flag and still works.
+    let program = compile_c(
+        &dir,
+        "sandboxed",
+        r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void show(const char *name) {
+    FILE *f = fopen(name, "r");
+    char v[64] = "";
+    if (f) { fgets(v, sizeof v, f); fclose(f); }
+    printf("%s %s", name, v);
+    fflush(stdout);
+}
+int main(void) {
+    struct sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_PARENT, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { sizeof code / sizeof code[0], code };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+        perror("seccomp");
+        return 1;
+    }
+    show("a.txt");
+    show("b.txt");
+    show("c.txt");
+    printf("pid %d\n", getpid());
+    fflush(stdout);
+    for (;;) pause();
+}
+"#,
+    );
+    for name in ["a", "b", "c"] {
+        dir.write(format!("{name}.txt"), &format!("{name}1\n"));
+    }
+    let mut s = Session::start(
+        forkhook_command()
+            .args(["-v", "-e", "txt", "--"])
+            .arg(&program)
+            .current_dir(&dir.path)
+            .env("FORKHOOK_CHECKPOINT_SHARE", "1"),
+    );
+    s.expect_stderr("checkpoints are taken in place from now on", T);
+    s.expect_stderr("checkpoint 3 before", T);
+    let first = pids_of(&s.expect_stdout("pid ", T))[0];
+
+    save_rename_over(&dir.join("b.txt"), "b2\n");
+    s.expect_stderr("resuming from checkpoint 2", T);
+    s.expect_stdout("b.txt b2", T);
+    s.expect_stdout("c.txt c1", T);
+    let second = pids_of(&s.expect_stdout("pid ", T))[0];
+    assert!(all_gone(&[first]), "{}", s.transcript());
+
+    save_rename_over(&dir.join("c.txt"), "c2\n");
+    s.expect_stdout("c.txt c2", T);
+    s.expect_stdout("pid ", T);
+    assert!(all_gone(&[second]), "{}", s.transcript());
+    let transcript = s.transcript();
+    assert!(
+        !transcript.contains("error: ") && !transcript.contains("warning: "),
+        "{transcript}"
+    );
+}
+
+#[test]
 fn killing_the_coordinator_with_sigkill_leaves_no_process_behind() {
     let _l = lock();
     let dir = TempDir::new("sigkill");
