@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -113,14 +114,8 @@ fn a_resume_ends_the_old_run_and_everything_it_started_and_no_zombies_pile_up() 
     );
 }
 
-/// Takes a checkpoint before each of a.txt, b.txt and c.txt (with
-/// FORKHOOK_CHECKPOINT_SHARE=1), starting a background child and a detached daemon
-/// between b and c. Prints the children the kernel lists for it, then its pids.
-const BRANCHES: &str = r#"
-#include <stdio.h>
-#include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
+/// Prints the first line of a file, as `name line`.
+const SHOW: &str = r#"
 static void show(const char *name) {
     FILE *f = fopen(name, "r");
     char v[64] = "";
@@ -128,6 +123,38 @@ static void show(const char *name) {
     printf("%s %s", name, v);
     fflush(stdout);
 }
+"#;
+
+/// Compiles `includes`, then [`SHOW`], then `rest`.
+fn compile_with_show(dir: &TempDir, name: &str, includes: &str, rest: &str) -> PathBuf {
+    compile_c(dir, name, &format!("{includes}{SHOW}{rest}"))
+}
+
+/// a.txt, b.txt and c.txt, then a session on `program` with a checkpoint before
+/// every file (FORKHOOK_CHECKPOINT_SHARE=1) and its verbose lines.
+fn every_file_session(dir: &TempDir, program: &Path) -> Session {
+    for name in ["a", "b", "c"] {
+        dir.write(format!("{name}.txt"), &format!("{name}1\n"));
+    }
+    Session::start(
+        forkhook_command()
+            .args(["-v", "-e", "txt", "--"])
+            .arg(program)
+            .current_dir(&dir.path)
+            .env("FORKHOOK_CHECKPOINT_SHARE", "1"),
+    )
+}
+
+/// Reads a.txt, b.txt and c.txt (with [`every_file_session`], a checkpoint before
+/// each), starting a background child and a detached daemon between b and c. Prints
+/// the children the kernel lists for it, then its pids.
+const BRANCHES_INCLUDES: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+"#;
+const BRANCHES: &str = r#"
 int main(void) {
     show("a.txt");
     show("b.txt");
@@ -168,17 +195,8 @@ fn session_pids_running(s: &Session, what: &str) -> Vec<i32> {
 fn checkpoints_are_not_the_programs_children_and_a_resume_ends_the_whole_old_branch() {
     let _l = lock();
     let dir = TempDir::new("branches");
-    let program = compile_c(&dir, "brancher", BRANCHES);
-    for name in ["a", "b", "c"] {
-        dir.write(format!("{name}.txt"), &format!("{name}1\n"));
-    }
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-v", "-e", "txt", "--"])
-            .arg(&program)
-            .current_dir(&dir.path)
-            .env("FORKHOOK_CHECKPOINT_SHARE", "1"),
-    );
+    let program = compile_with_show(&dir, "brancher", BRANCHES_INCLUDES, BRANCHES);
+    let mut s = every_file_session(&dir, &program);
     s.expect_stderr("checkpoint 3 before", T);
     // The kernel's list of the run's children: its background child only (the
     // daemon's parent has been reaped), never one of the checkpoints.
@@ -226,17 +244,8 @@ fn checkpoints_are_not_the_programs_children_and_a_resume_ends_the_whole_old_bra
 fn a_checkpoint_killed_from_outside_hands_its_files_to_the_one_before() {
     let _l = lock();
     let dir = TempDir::new("dead-checkpoint");
-    let program = compile_c(&dir, "brancher", BRANCHES);
-    for name in ["a", "b", "c"] {
-        dir.write(format!("{name}.txt"), &format!("{name}1\n"));
-    }
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-v", "-e", "txt", "--"])
-            .arg(&program)
-            .current_dir(&dir.path)
-            .env("FORKHOOK_CHECKPOINT_SHARE", "1"),
-    );
+    let program = compile_with_show(&dir, "brancher", BRANCHES_INCLUDES, BRANCHES);
+    let mut s = every_file_session(&dir, &program);
     s.expect_stderr("checkpoint 3 before", T);
     let run = pids_of(&s.expect_stdout("pids ", T))[0];
     // Checkpoint 1 is the coordinator's child; 2 and 3 sit beside the run under it.
@@ -277,7 +286,7 @@ fn where_siblings_are_refused_checkpoints_are_taken_in_place() {
     let dir = TempDir::new("no-siblings");
     // A sandbox that refuses clone(CLONE_PARENT) (EPERM), as some seccomp profiles
     // do; fork is a clone without that flag and still works.
-    let program = compile_c(
+    let program = compile_with_show(
         &dir,
         "sandboxed",
         r#"
@@ -291,13 +300,8 @@ fn where_siblings_are_refused_checkpoints_are_taken_in_place() {
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-static void show(const char *name) {
-    FILE *f = fopen(name, "r");
-    char v[64] = "";
-    if (f) { fgets(v, sizeof v, f); fclose(f); }
-    printf("%s %s", name, v);
-    fflush(stdout);
-}
+"#,
+        r#"
 int main(void) {
     struct sock_filter code[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
@@ -321,16 +325,7 @@ int main(void) {
 }
 "#,
     );
-    for name in ["a", "b", "c"] {
-        dir.write(format!("{name}.txt"), &format!("{name}1\n"));
-    }
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-v", "-e", "txt", "--"])
-            .arg(&program)
-            .current_dir(&dir.path)
-            .env("FORKHOOK_CHECKPOINT_SHARE", "1"),
-    );
+    let mut s = every_file_session(&dir, &program);
     s.expect_stderr("checkpoints are taken in place from now on", T);
     s.expect_stderr("checkpoint 3 before", T);
     let first = pids_of(&s.expect_stdout("pid ", T))[0];
