@@ -179,13 +179,13 @@ int main(void) {
 }
 "#;
 
-/// The pids of the session's processes whose command line names `what`.
-fn session_pids_running(s: &Session, what: &str) -> Vec<i32> {
+/// The pids of the session's processes running `sleep seconds`.
+fn session_sleeps(s: &Session, seconds: &str) -> Vec<i32> {
+    let want = format!("sleep\0{seconds}\0");
     s.descendant_processes()
         .into_iter()
         .filter(|p| {
-            std::fs::read(format!("/proc/{}/cmdline", p.pid))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(what))
+            std::fs::read(format!("/proc/{}/cmdline", p.pid)).is_ok_and(|c| c == want.as_bytes())
         })
         .map(|p| p.pid)
         .collect()
@@ -209,7 +209,7 @@ fn checkpoints_are_not_the_programs_children_and_a_resume_ends_the_whole_old_bra
         s.transcript()
     );
     let first = pids_of(&s.expect_stdout("pids ", T));
-    let daemons = session_pids_running(&s, "301");
+    let daemons = session_sleeps(&s, "301");
     assert_eq!(daemons.len(), 1, "{:#?}", s.descendant_processes());
 
     // c.txt resumes from the checkpoint before it: taken by the run, which goes on
@@ -236,8 +236,8 @@ fn checkpoints_are_not_the_programs_children_and_a_resume_ends_the_whole_old_bra
         s.transcript()
     );
     assert!(children.contains(&format!("[{} ]", third[1])), "{children}");
-    assert_eq!(session_pids_running(&s, "300"), vec![third[1]]);
-    assert_eq!(session_pids_running(&s, "301").len(), 1);
+    assert_eq!(session_sleeps(&s, "300"), vec![third[1]]);
+    assert_eq!(session_sleeps(&s, "301").len(), 1);
 }
 
 #[test]
