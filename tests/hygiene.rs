@@ -349,6 +349,48 @@ int main(void) {
 }
 
 #[test]
+fn a_run_that_starts_a_thread_between_checkpoints_resumes_from_either_side() {
+    let _l = lock();
+    let dir = TempDir::new("thread-between");
+    // b's checkpoint sits beside the run; c's, with two threads, is taken in place.
+    let source = format!(
+        "#include <pthread.h>\n#include <stdio.h>\n#include <unistd.h>\n{SHOW}{}",
+        r#"
+static void *idle(void *arg) { (void)arg; for (;;) pause(); return 0; }
+int main(void) {
+    show("a.txt");
+    show("b.txt");
+    pthread_t t;
+    pthread_create(&t, 0, idle, 0);
+    show("c.txt");
+    printf("pid %d\n", getpid());
+    fflush(stdout);
+    for (;;) pause();
+}
+"#
+    );
+    let program = compile_c_with(&dir, "threaded", &source, &["-pthread"]);
+    let mut s = every_file_session(&dir, &program);
+    s.expect_stderr("runs 2 threads at a checkpoint", T);
+    s.expect_stderr("checkpoint 3 before", T);
+    let first = pids_of(&s.expect_stdout("pid ", T))[0];
+
+    save_rename_over(&dir.join("b.txt"), "b2\n");
+    s.expect_stderr("resuming from checkpoint 2", T);
+    s.expect_stdout("b.txt b2", T);
+    s.expect_stdout("c.txt c1", T);
+    let second = pids_of(&s.expect_stdout("pid ", T))[0];
+    assert!(all_gone(&[first]), "{}", s.transcript());
+
+    save_rename_over(&dir.join("c.txt"), "c2\n");
+    s.expect_stderr("resuming from checkpoint 3", T);
+    s.expect_stdout("c.txt c2", T);
+    s.expect_stdout("pid ", T);
+    assert!(all_gone(&[second]), "{}", s.transcript());
+    assert!(!s.transcript().contains("error: "), "{}", s.transcript());
+}
+
+#[test]
 fn killing_the_coordinator_with_sigkill_leaves_no_process_behind() {
     let _l = lock();
     let dir = TempDir::new("sigkill");
