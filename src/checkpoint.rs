@@ -479,7 +479,7 @@ impl Parked {
         }
         // Only the coordinator holds the write end now: if it dies, we read end-of-file.
         drop(orders_for_coordinator);
-        self.park(Some(began)).inspect_err(|e| {
+        self.park(Some(began), None).inspect_err(|e| {
             // Not parked: this process goes on as the run it was.
             still_a_run(&session);
             let _ = session.send(
@@ -497,13 +497,20 @@ impl Parked {
     /// and this process goes on as the run.
     fn beside(self, orders_for_coordinator: OwnedFd, began: Instant) -> Beside {
         let session = self.session;
-        let sibling = match sys::fork_sibling() {
+        // Blocked across the clone: a Ctrl-C that reaches the new checkpoint before it
+        // parks must wait in its signalfd, not kill it (or run the program's handler).
+        let program_mask = parked_signals().block();
+        let cloned = sys::fork_sibling();
+        if !matches!(cloned, Ok(Fork::Child)) {
+            program_mask.set_mask();
+        }
+        let sibling = match cloned {
             Ok(Fork::Parent(pid)) => pid,
             Ok(Fork::Child) => {
                 // The checkpoint. Our parent is the run's; no parent-death signal
                 // came with the clone, and none is wanted (see `in_place`).
                 drop(orders_for_coordinator);
-                match self.park(None) {
+                match self.park(None, Some(program_mask)) {
                     Ok(resumed) => return Beside::Taken(resumed),
                     // Not parked: nobody waits on this copy (its order pipe's write
                     // end is passed on below, and the coordinator drops a checkpoint
@@ -564,10 +571,15 @@ impl Parked {
 
     /// Waits for orders, having forked the first run at once if `first_run` (taking
     /// a checkpoint in place does not stop the program: it goes on in the child).
-    /// Returns only in a run forked from here.
-    fn park(self, first_run: Option<Instant>) -> io::Result<SessionState> {
+    /// `blocked` is the program's signal mask if the parked signals are blocked
+    /// already. Returns only in a run forked from here.
+    fn park(
+        self,
+        first_run: Option<Instant>,
+        blocked: Option<SignalSet>,
+    ) -> io::Result<SessionState> {
         let me = sys::getpid();
-        let program_mask = parked_signals().block();
+        let program_mask = blocked.unwrap_or_else(|| parked_signals().block());
         let sigchld = match SignalSet::of(&[libc::SIGCHLD]).signalfd() {
             Ok(fd) => fd,
             Err(e) => {

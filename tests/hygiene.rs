@@ -209,6 +209,14 @@ fn checkpoints_are_not_the_programs_children_and_a_resume_ends_the_whole_old_bra
         s.transcript()
     );
     let first = pids_of(&s.expect_stdout("pids ", T));
+    // The signals blocked around each clone are unblocked again in the run.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", first[0])).unwrap();
+    let blocked = status.lines().find(|l| l.starts_with("SigBlk:")).unwrap();
+    assert_eq!(
+        blocked.split_whitespace().nth(1),
+        Some("0000000000000000"),
+        "{status}"
+    );
     let daemons = session_sleeps(&s, "301");
     assert_eq!(daemons.len(), 1, "{:#?}", s.descendant_processes());
 
