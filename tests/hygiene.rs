@@ -145,6 +145,25 @@ fn every_file_session(dir: &TempDir, program: &Path) -> Session {
     )
 }
 
+/// For a program that shows a.txt, b.txt and c.txt then prints `pid N`, in an
+/// [`every_file_session`] past its first run: saving b.txt resumes from checkpoint 2,
+/// then saving c.txt from checkpoint 3, and each time the old run is gone.
+fn resume_from_b_then_c(dir: &TempDir, s: &mut Session) {
+    let first = pids_of(&s.expect_stdout("pid ", T))[0];
+    save_rename_over(&dir.join("b.txt"), "b2\n");
+    s.expect_stderr("resuming from checkpoint 2", T);
+    s.expect_stdout("b.txt b2", T);
+    s.expect_stdout("c.txt c1", T);
+    let second = pids_of(&s.expect_stdout("pid ", T))[0];
+    assert!(all_gone(&[first]), "{}", s.transcript());
+
+    save_rename_over(&dir.join("c.txt"), "c2\n");
+    s.expect_stderr("resuming from checkpoint 3", T);
+    s.expect_stdout("c.txt c2", T);
+    s.expect_stdout("pid ", T);
+    assert!(all_gone(&[second]), "{}", s.transcript());
+}
+
 /// Reads a.txt, b.txt and c.txt (with [`every_file_session`], a checkpoint before
 /// each), starting a background child and a detached daemon between b and c. Prints
 /// the children the kernel lists for it, then its pids.
@@ -336,19 +355,7 @@ int main(void) {
     let mut s = every_file_session(&dir, &program);
     s.expect_stderr("checkpoints are taken in place from now on", T);
     s.expect_stderr("checkpoint 3 before", T);
-    let first = pids_of(&s.expect_stdout("pid ", T))[0];
-
-    save_rename_over(&dir.join("b.txt"), "b2\n");
-    s.expect_stderr("resuming from checkpoint 2", T);
-    s.expect_stdout("b.txt b2", T);
-    s.expect_stdout("c.txt c1", T);
-    let second = pids_of(&s.expect_stdout("pid ", T))[0];
-    assert!(all_gone(&[first]), "{}", s.transcript());
-
-    save_rename_over(&dir.join("c.txt"), "c2\n");
-    s.expect_stdout("c.txt c2", T);
-    s.expect_stdout("pid ", T);
-    assert!(all_gone(&[second]), "{}", s.transcript());
+    resume_from_b_then_c(&dir, &mut s);
     let transcript = s.transcript();
     assert!(
         !transcript.contains("error: ") && !transcript.contains("warning: "),
@@ -381,20 +388,7 @@ int main(void) {
     let mut s = every_file_session(&dir, &program);
     s.expect_stderr("runs 2 threads at a checkpoint", T);
     s.expect_stderr("checkpoint 3 before", T);
-    let first = pids_of(&s.expect_stdout("pid ", T))[0];
-
-    save_rename_over(&dir.join("b.txt"), "b2\n");
-    s.expect_stderr("resuming from checkpoint 2", T);
-    s.expect_stdout("b.txt b2", T);
-    s.expect_stdout("c.txt c1", T);
-    let second = pids_of(&s.expect_stdout("pid ", T))[0];
-    assert!(all_gone(&[first]), "{}", s.transcript());
-
-    save_rename_over(&dir.join("c.txt"), "c2\n");
-    s.expect_stderr("resuming from checkpoint 3", T);
-    s.expect_stdout("c.txt c2", T);
-    s.expect_stdout("pid ", T);
-    assert!(all_gone(&[second]), "{}", s.transcript());
+    resume_from_b_then_c(&dir, &mut s);
     assert!(!s.transcript().contains("error: "), "{}", s.transcript());
 }
 
