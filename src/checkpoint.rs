@@ -512,9 +512,9 @@ impl Parked {
                 drop(orders_for_coordinator);
                 match self.park(None, Some(program_mask)) {
                     Ok(resumed) => return Beside::Taken(resumed),
-                    // Not parked: nobody waits on this copy (its order pipe's write
-                    // end is passed on below, and the coordinator drops a checkpoint
-                    // whose pipe ends).
+                    // Not parked: this copy leaves. The run announces it all the
+                    // same; a resume from it goes to the checkpoint before it (see
+                    // `Coordinator::resume`).
                     Err(_) => sys::exit_now(1),
                 }
             }
