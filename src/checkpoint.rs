@@ -161,7 +161,7 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
         Some(s) => (s, false),
         // Checked before the session starts: the original process keeps every thread
         // when it becomes the coordinator, so the warning belongs here.
-        None if !threads_allow(settings) => return Then::Return,
+        None if threads_allow(settings).is_none() => return Then::Return,
         None => match start_session(opened) {
             Ok(s) => (s, true),
             Err(e) => {
@@ -204,12 +204,16 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
                 human(session.origin.elapsed()),
             )
         });
-    } else if started_now || (threads_allow(settings) && session.connected()) {
+    } else if let Some(threads) = started_now
+        // Counted when the session started; the first checkpoint parks in place anyway.
+        .then_some(1)
+        .or_else(|| threads_allow(settings).filter(|_| session.connected()))
+    {
         let closing = match verdict {
             Verdict::Take { closing } => closing,
             Verdict::Skip => Duration::ZERO,
         };
-        match take(session, file, opened, closing) {
+        match take(session, file, opened, closing, threads) {
             Ok(resumed) => {
                 if resumed.epoch != session.epoch {
                     // A run resumed from this checkpoint, maybe long after: the file
@@ -323,11 +327,12 @@ impl Meter for LiveMeter {
     }
 }
 
-/// fork(2) copies only the calling thread: say so once, and skip if told to.
-fn threads_allow(settings: &crate::config::Settings) -> bool {
+/// fork(2) copies only the calling thread: say so once, and skip if told to. The
+/// number of threads if a checkpoint may be taken.
+fn threads_allow(settings: &crate::config::Settings) -> Option<usize> {
     let threads = sys::thread_count();
     if threads <= 1 {
-        return true;
+        return Some(threads);
     }
     let skip = settings.threads == ThreadPolicy::Skip;
     let first = process()
@@ -345,7 +350,7 @@ fn threads_allow(settings: &crate::config::Settings) -> bool {
             }
         ));
     }
-    !skip
+    (!skip).then_some(threads)
 }
 
 /// Takes a checkpoint. Returns in the run, with its updated state; `Err` when none
@@ -354,12 +359,14 @@ fn threads_allow(settings: &crate::config::Settings) -> bool {
 /// Two ways (see the module's documentation): a sibling parks and this process goes
 /// on as the run, or this process parks and its child goes on. The second is for the
 /// first checkpoint, which must be the parent of everything after it, and for a
-/// process with several threads (fork's handlers keep malloc usable in the child).
+/// process with several threads (`threads`, counted just before; fork's handlers
+/// keep malloc usable in the child).
 fn take(
     session: SessionState,
     file: &Path,
     opened: Option<RawFd>,
     closing: Duration,
+    threads: usize,
 ) -> io::Result<SessionState> {
     let began = Instant::now();
     sys::flush_stdio();
@@ -375,7 +382,7 @@ fn take(
         opened,
         closing,
     };
-    if session.depth > 0 && sys::thread_count() <= 1 && !SIBLINGS_REFUSED.load(Ordering::Relaxed) {
+    if session.depth > 0 && threads <= 1 && !SIBLINGS_REFUSED.load(Ordering::Relaxed) {
         match parked.beside(orders_for_coordinator, began) {
             Beside::Taken(resumed) => return Ok(resumed),
             Beside::Failed(e) => return Err(e),
