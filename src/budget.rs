@@ -16,6 +16,12 @@
 //! that stays within a share of the time the run has been going. What the next one will
 //! cost is not predicted (see `Spending::afford`).
 //!
+//! And a checkpoint must be worth its cost: one taken soon after the newest saves a
+//! resume only that short stretch of the run, which nobody would notice, so none is
+//! taken closer to the newest than a minimum gap (50 ms by default). A short run
+//! (65 ms of Lua loading 1000 modules) then takes one or two checkpoints, not six;
+//! the file a resume was for still gets its own (the run asks [`Spending::open`]).
+//!
 //! Pure arithmetic: the run passes in what it measured, so every rule is unit-tested.
 
 use std::time::Duration;
@@ -37,6 +43,17 @@ pub struct Spending {
     /// Time into the run before which no checkpoint can be afforded (saves the
     /// measurements on the first accesses in between).
     pub next_check: Duration,
+    /// Time into the run of the newest checkpoint.
+    pub newest_at: Duration,
+}
+
+/// What a run may spend on checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Share of the run's elapsed time that checkpoints may cost (1: no limit).
+    pub share: f64,
+    /// No checkpoint closer than this after the newest (unless the share is 1).
+    pub min_gap: Duration,
 }
 
 /// What the run measures, asked for only when needed.
@@ -50,10 +67,11 @@ pub trait Meter {
 pub enum Verdict {
     /// Take it; `closing` is what the interval since the newest checkpoint cost in
     /// copies, to be added to `spent` with the fork.
-    Take {
-        closing: Duration,
-    },
+    Take { closing: Duration },
+    /// Not now: the budget is spent.
     Skip,
+    /// Not now: the newest checkpoint is less than the minimum gap before.
+    Near,
 }
 
 impl Spending {
@@ -65,17 +83,22 @@ impl Spending {
             faults_at_checkpoint: faults,
             shared_pages: pages,
             next_check: Duration::ZERO,
+            newest_at: Duration::ZERO,
         }
     }
 
-    /// Can a run `elapsed` into its work, allowed `share` of it for checkpoints,
-    /// afford one more now?
-    pub fn afford(&mut self, elapsed: Duration, share: f64, meter: &mut impl Meter) -> Verdict {
+    /// Can a run `elapsed` into its work afford one more checkpoint now?
+    pub fn afford(&mut self, elapsed: Duration, limits: Limits, meter: &mut impl Meter) -> Verdict {
+        let share = limits.share;
         if share >= 1.0 {
             // No limit: a checkpoint before every file.
             return Verdict::Take {
                 closing: self.open(meter),
             };
+        }
+        // Checked first: it needs no measurement.
+        if elapsed < self.newest_at + limits.min_gap {
+            return Verdict::Near;
         }
         if elapsed < self.next_check {
             return Verdict::Skip;
@@ -106,11 +129,12 @@ impl Spending {
         faults.saturating_sub(grown).min(self.shared_pages)
     }
 
-    /// The run forked from a new checkpoint, which took `fork` (from before the fork
-    /// until the run went on); `closing` is what [`Spending::afford`] said. `faults`
-    /// and `pages` are measured by the new run.
+    /// The run forked from a new checkpoint taken `at` into the run, which took
+    /// `fork` (from before the fork until the run went on); `closing` is what
+    /// [`Spending::afford`] said. `faults` and `pages` are measured by the new run.
     pub fn after_checkpoint(
         &self,
+        at: Duration,
         closing: Duration,
         fork: Duration,
         faults: u64,
@@ -122,6 +146,7 @@ impl Spending {
             faults_at_checkpoint: faults,
             shared_pages: pages,
             next_check: Duration::ZERO,
+            newest_at: at,
         }
     }
 
@@ -161,7 +186,14 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn after_one(shared: u64) -> Spending {
-        Spending::new(3 * US, 0, 0).after_checkpoint(Duration::ZERO, 200 * US, 0, shared)
+        Spending::new(3 * US, 0, 0).after_checkpoint(MS, Duration::ZERO, 200 * US, 0, shared)
+    }
+
+    fn share(share: f64) -> Limits {
+        Limits {
+            share,
+            min_gap: Duration::ZERO,
+        }
     }
 
     #[test]
@@ -174,7 +206,7 @@ mod tests {
             asked_pages: 0,
         };
         assert_eq!(
-            s.afford(20 * MS, 0.03, &mut m),
+            s.afford(20 * MS, share(0.03), &mut m),
             Verdict::Take { closing: 60 * US }
         );
     }
@@ -189,7 +221,7 @@ mod tests {
             asked_pages: 0,
         };
         assert_eq!(
-            s.afford(Duration::from_millis(500), 0.03, &mut m),
+            s.afford(Duration::from_millis(500), share(0.03), &mut m),
             Verdict::Skip
         );
         // Not asked again until the allowance can cover it: 77 ms / 3% = 2.57 s.
@@ -200,12 +232,12 @@ mod tests {
         );
         assert_eq!(m.asked_pages, 1);
         assert_eq!(
-            s.afford(Duration::from_secs(2), 0.03, &mut m),
+            s.afford(Duration::from_secs(2), share(0.03), &mut m),
             Verdict::Skip
         );
         assert_eq!(m.asked_pages, 1, "not measured again before then");
         assert!(matches!(
-            s.afford(Duration::from_secs(3), 0.03, &mut m),
+            s.afford(Duration::from_secs(3), share(0.03), &mut m),
             Verdict::Take { .. }
         ));
     }
@@ -222,7 +254,7 @@ mod tests {
         };
         // 300 µs of copies and a 200 µs fork so far, within 9 ms.
         assert_eq!(
-            s.afford(Duration::from_millis(300), 0.03, &mut m),
+            s.afford(Duration::from_millis(300), share(0.03), &mut m),
             Verdict::Take { closing: 300 * US }
         );
     }
@@ -235,8 +267,11 @@ mod tests {
             pages: 25_600,
             asked_pages: 0,
         };
-        assert!(matches!(s.afford(MS, 1.0, &mut m), Verdict::Take { .. }));
-        assert_eq!(s.afford(MS, 0.99, &mut m), Verdict::Skip);
+        assert!(matches!(
+            s.afford(MS, share(1.0), &mut m),
+            Verdict::Take { .. }
+        ));
+        assert_eq!(s.afford(MS, share(0.99), &mut m), Verdict::Skip);
     }
 
     #[test]
@@ -253,8 +288,38 @@ mod tests {
     #[test]
     fn the_closing_interval_and_the_fork_are_charged() {
         let s = after_one(10);
-        let next = s.after_checkpoint(30 * US, 250 * US, 7, 40);
+        let next = s.after_checkpoint(9 * MS, 30 * US, 250 * US, 7, 40);
         assert_eq!(next.spent, 200 * US + 30 * US + 250 * US);
         assert_eq!((next.faults_at_checkpoint, next.shared_pages), (7, 40));
+        assert_eq!(next.newest_at, 9 * MS);
+    }
+
+    #[test]
+    fn none_is_taken_near_the_newest_unless_every_file_is_asked_for() {
+        // Taken 1 ms in; cheap enough for many more, but not within 50 ms of it.
+        let mut s = after_one(10);
+        let mut m = Fake {
+            faults: 0,
+            pages: 10,
+            asked_pages: 0,
+        };
+        let limits = Limits {
+            share: 0.03,
+            min_gap: 50 * MS,
+        };
+        assert_eq!(s.afford(50 * MS, limits, &mut m), Verdict::Near);
+        assert_eq!(m.asked_pages, 0, "nothing measured for a near one");
+        assert!(matches!(
+            s.afford(51 * MS, limits, &mut m),
+            Verdict::Take { .. }
+        ));
+        let every = Limits {
+            share: 1.0,
+            ..limits
+        };
+        assert!(matches!(
+            s.afford(2 * MS, every, &mut m),
+            Verdict::Take { .. }
+        ));
     }
 }

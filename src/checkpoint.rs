@@ -30,7 +30,7 @@
 //! only ever runs the code in this file, and leaves with `_exit`, so the program's
 //! atexit handlers and stdio buffers are never run twice.
 
-use crate::budget::{Meter, Spending, Verdict};
+use crate::budget::{Limits, Meter, Spending, Verdict};
 use crate::config::ThreadPolicy;
 use crate::coordinator;
 use crate::hook::{self, process, Observed, Then};
@@ -190,18 +190,33 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
             closing: session.spending.open(&mut LiveMeter),
         }
     } else {
-        session
-            .spending
-            .afford(elapsed, settings.budget.time_share, &mut LiveMeter)
+        session.spending.afford(
+            elapsed,
+            Limits {
+                share: settings.budget.time_share,
+                min_gap: settings.budget.min_gap,
+            },
+            &mut LiveMeter,
+        )
     };
-    if let Verdict::Skip = verdict {
+    let skipped = !matches!(verdict, Verdict::Take { .. });
+    if skipped {
+        // Worded only when shown: this is the path of most first accesses.
         report.detail(|| {
+            let why = match verdict {
+                Verdict::Near => format!(
+                    "the newest, {} earlier, is near enough",
+                    human(elapsed.saturating_sub(session.spending.newest_at)),
+                ),
+                _ => format!(
+                    "budget: checkpoints took {} of {}",
+                    human(session.spending.total(&mut LiveMeter)),
+                    human(session.origin.elapsed()),
+                ),
+            };
             format!(
-                "no checkpoint before {} (budget: checkpoints took {} of {}); a change to it \
-                 resumes from an earlier one",
+                "no checkpoint before {} ({why}); a change to it resumes from an earlier one",
                 file.display(),
-                human(session.spending.total(&mut LiveMeter)),
-                human(session.origin.elapsed()),
             )
         });
     } else if let Some(threads) = started_now
@@ -211,7 +226,7 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
     {
         let closing = match verdict {
             Verdict::Take { closing } => closing,
-            Verdict::Skip => Duration::ZERO,
+            Verdict::Skip | Verdict::Near => Duration::ZERO,
         };
         match take(session, file, opened, closing, threads) {
             Ok(resumed) => {
@@ -566,6 +581,7 @@ impl Parked {
         Beside::Taken(SessionState {
             checkpoint: sibling,
             spending: session.spending.after_checkpoint(
+                elapsed,
                 closing,
                 cost,
                 sys::minor_faults(),
@@ -737,6 +753,7 @@ impl Parked {
             // Time into the run restarts from where the checkpoint was.
             origin: Instant::now() - self.elapsed,
             spending: self.session.spending.after_checkpoint(
+                self.elapsed,
                 self.closing,
                 cost,
                 sys::minor_faults(),

@@ -24,6 +24,8 @@ pub enum ThreadPolicy {
 pub struct Budget {
     /// Share of the run's elapsed time that checkpoints may take (0.0..=1.0).
     pub time_share: f64,
+    /// No checkpoint closer than this to the newest (see `budget`).
+    pub min_gap: Duration,
     /// Most checkpoints alive at once.
     pub max_checkpoints: usize,
     /// Memory the session may hold beyond the run's own peak, as a share of it: past
@@ -164,6 +166,7 @@ impl Settings {
             f64::MAX,
             "a number of at least 0, e.g. 0.5",
         )?;
+        let min_gap = millis("FORKHOOK_CHECKPOINT_GAP_MS", DEFAULT_CHECKPOINT_GAP_MS)?;
         let max_checkpoints = match text("FORKHOOK_MAX_CHECKPOINTS") {
             None => DEFAULT_MAX_CHECKPOINTS,
             Some(v) => match v.trim().parse::<usize>() {
@@ -188,6 +191,7 @@ impl Settings {
             threads,
             budget: Budget {
                 time_share,
+                min_gap,
                 max_checkpoints,
                 memory_share,
             },
@@ -197,6 +201,8 @@ impl Settings {
 
 pub const DEFAULT_SETTLE_MS: u64 = 3;
 pub const DEFAULT_TIME_SHARE: f64 = 0.03;
+/// Resuming from a checkpoint this much earlier than the best one goes unnoticed.
+pub const DEFAULT_CHECKPOINT_GAP_MS: u64 = 50;
 pub const DEFAULT_MAX_CHECKPOINTS: usize = 64;
 pub const DEFAULT_MEMORY_SHARE: f64 = 0.5;
 
@@ -275,6 +281,21 @@ mod tests {
         let err =
             settings(&[("FORKHOOK_FILTER", "x"), ("FORKHOOK_CHECKPOINT_SHARE", "2")]).unwrap_err();
         assert!(err.to_string().contains("between 0 and 1"), "{err}");
+        let err = settings(&[
+            ("FORKHOOK_FILTER", "x"),
+            ("FORKHOOK_CHECKPOINT_GAP_MS", "-1"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("FORKHOOK_CHECKPOINT_GAP_MS='-1'"),
+            "{err}"
+        );
+        let s = settings(&[
+            ("FORKHOOK_FILTER", "x"),
+            ("FORKHOOK_CHECKPOINT_GAP_MS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(s.budget.min_gap, Duration::ZERO);
     }
 
     #[test]

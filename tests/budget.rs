@@ -199,3 +199,59 @@ int main(void) {
     s.expect_stdout("done 5", T);
     s.expect_stderr("run exited", T);
 }
+
+/// Files read within the minimum gap of the newest checkpoint share it; one read
+/// after a longer stretch gets its own. An edit to a shared one resumes from the
+/// checkpoint before it, and the resumed run takes one right before the edited file,
+/// so the next edit of it resumes from there.
+#[test]
+fn files_near_a_checkpoint_share_it_until_one_is_edited() {
+    let _l = lock();
+    if !require_tool("lua5.4") {
+        return;
+    }
+    let dir = TempDir::new("budget-gap");
+    dir.write("a.lua", "return 'a1'\n");
+    dir.write("b.lua", "return 'b1'\n");
+    dir.write("c.lua", "return 'c1'\n");
+    dir.write(
+        "main.lua",
+        "local a, b = require('a'), require('b')\n\
+         local t = os.clock() while os.clock() - t < 0.3 do end\n\
+         print(a .. ' ' .. b .. ' ' .. require('c'))\n",
+    );
+    let mut s = Session::start(
+        forkhook_command()
+            .args(["-v", "-e", "lua", "--", "lua5.4", "main.lua"])
+            .current_dir(&dir.path)
+            // Wide enough for a loaded machine between main.lua and b.lua.
+            .env("FORKHOOK_CHECKPOINT_GAP_MS", "200"),
+    );
+    let named = |file: &str| dir.join(file).display().to_string();
+    for file in ["a.lua", "b.lua"] {
+        let line = s.expect_stderr(&format!("no checkpoint before {}", named(file)), T);
+        assert!(line.contains("is near enough"), "{line}");
+    }
+    s.expect_stderr(&format!("checkpoint 2 before {} (", named("c.lua")), T);
+    s.expect_stdout("a1 b1 c1", T);
+    s.expect_stderr("run exited", T);
+    assert_eq!(s.count_stderr("] checkpoint "), 2, "{}", s.transcript());
+
+    save_rename_over(&dir.join("b.lua"), "return 'b2'\n");
+    s.expect_stderr(
+        "b.lua changed: resuming from checkpoint 1 (before main.lua)",
+        T,
+    );
+    s.expect_stderr(&format!("checkpoint 2 before {} (", named("b.lua")), T);
+    s.expect_stdout("a1 b2 c1", T);
+    s.expect_stderr("run exited", T);
+
+    save_rename_over(&dir.join("b.lua"), "return 'b3'\n");
+    s.expect_stderr(
+        "b.lua changed: resuming from checkpoint 2 (before b.lua)",
+        T,
+    );
+    s.expect_stdout("a1 b3 c1", T);
+    s.expect_stderr("run exited", T);
+    assert_eq!(s.count_stdout("a1 b"), 3, "{}", s.transcript());
+}
