@@ -20,11 +20,10 @@ type ByteSet = [bool; 256];
 /// The compiled union of all filter patterns.
 #[derive(Debug, Clone)]
 pub struct Filter {
-    regex: Regex,
-    /// When the whole filter means "the path ends with one of these" (`-e lua,py`,
-    /// `%.lua$`), comparing bytes answers without running the regex engine: this is
-    /// asked on every open and stat the program makes.
-    suffixes: Option<Vec<Vec<u8>>>,
+    matcher: Matcher,
+    /// The union as one regex, for tests that check the shortcut against the engine.
+    #[cfg(test)]
+    pattern: String,
     /// A Lua pattern is anchored at the start (`^src/`). forkmon matched the name as the
     /// program passed it, so such a pattern is also tried on a relative name.
     anchored_lua: bool,
@@ -32,6 +31,18 @@ pub struct Filter {
     /// the program passed it then decides a mismatch (see `rejects_name`).
     names_decide: bool,
     description: String,
+}
+
+/// How a path is matched.
+#[derive(Debug, Clone)]
+enum Matcher {
+    /// The whole filter means "the path ends with one of these" (`-e lua,py`,
+    /// `%.lua$`): comparing bytes answers without the regex engine, on every open and
+    /// stat the program makes. The regex is not even compiled: that took a third of
+    /// the library's load (the compiler, and its queries of the CPU's features and of
+    /// the cgroup's CPU quota).
+    Suffixes(Vec<Vec<u8>>),
+    Regex(Regex),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,68 +90,59 @@ impl Filter {
             alternatives.push(format!("(?:{translated})"));
         }
         let mut description = lua.join(";");
+        // A native regex is checked alone first: inside the combined group an
+        // unbalanced `)` could close the wrapper and silently change the meaning
+        // instead of being reported. One that is a set of suffixes parsed already.
+        let mut alone = None;
         if let Some(native) = native {
-            // Compiled alone first: inside the combined group an unbalanced `)` could close the
-            // wrapper and silently change the meaning instead of being reported.
-            let alone = build(native).map_err(|e| FilterError::Regex {
-                pattern: native.to_string(),
-                reason: one_line(&e),
-            })?;
-            if lua.is_empty() {
-                return Ok(Some(Filter::new(
-                    alone,
-                    suffix_set(native),
-                    false,
-                    native.to_string(),
-                )));
+            if suffix_set(native).is_none() {
+                alone = Some(build(native).map_err(|e| FilterError::Regex {
+                    pattern: native.to_string(),
+                    reason: one_line(&e),
+                })?);
             }
             alternatives.push(format!("(?:{native})"));
-            description = format!("{description} ; {native}");
+            description = match lua.is_empty() {
+                true => native.to_string(),
+                false => format!("{description} ; {native}"),
+            };
         }
         if alternatives.is_empty() {
             return Ok(None);
         }
-        // Translations are valid by construction and the native regex compiled alone, so only
-        // the size limit can fail here.
-        let combined = alternatives.join("|");
-        let regex = build(&combined).map_err(|e| FilterError::LuaPattern {
-            pattern: lua.join(";"),
-            reason: format!("too large for one regex: {}", one_line(&e)),
-        })?;
+        let pattern = match native {
+            Some(native) if lua.is_empty() => native.to_string(),
+            _ => alternatives.join("|"),
+        };
+        let matcher = match (suffix_set(&pattern), alone) {
+            (Some(suffixes), _) => Matcher::Suffixes(suffixes),
+            (None, Some(regex)) if lua.is_empty() => Matcher::Regex(regex),
+            // Translations are valid by construction and the native regex compiled
+            // alone, so only the size limit can fail here.
+            (None, _) => Matcher::Regex(build(&pattern).map_err(|e| FilterError::LuaPattern {
+                pattern: lua.join(";"),
+                reason: format!("too large for one regex: {}", one_line(&e)),
+            })?),
+        };
         let anchored_lua = lua.iter().any(|p| p.starts_with('^'));
-        Ok(Some(Filter::new(
-            regex,
-            suffix_set(&combined),
-            anchored_lua,
-            description,
-        )))
-    }
-
-    fn new(
-        regex: Regex,
-        suffixes: Option<Vec<Vec<u8>>>,
-        anchored_lua: bool,
-        description: String,
-    ) -> Filter {
         let names_decide = !anchored_lua
-            && suffixes
-                .as_ref()
-                .is_some_and(|all| all.iter().all(|s| !s.contains(&b'/')));
-        Filter {
-            regex,
-            suffixes,
+            && matches!(&matcher, Matcher::Suffixes(all) if all.iter().all(|s| !s.contains(&b'/')));
+        Ok(Some(Filter {
+            matcher,
+            #[cfg(test)]
+            pattern,
             anchored_lua,
             names_decide,
             description,
-        }
+        }))
     }
 
     /// Called for every file the program opens: no allocation beyond the regex's reused
     /// per-thread search cache.
     pub fn is_match(&self, path: &[u8]) -> bool {
-        match &self.suffixes {
-            Some(suffixes) => suffixes.iter().any(|s| path.ends_with(s)),
-            None => self.regex.is_match(path),
+        match &self.matcher {
+            Matcher::Suffixes(suffixes) => suffixes.iter().any(|s| path.ends_with(s)),
+            Matcher::Regex(regex) => regex.is_match(path),
         }
     }
 
@@ -157,7 +159,9 @@ impl Filter {
             name,
             [] | [.., b'/'] | [b'.'] | [.., b'/', b'.'] | [b'.', b'.'] | [.., b'/', b'.', b'.']
         );
-        let suffixes = self.suffixes.as_deref().unwrap_or_default();
+        let Matcher::Suffixes(suffixes) = &self.matcher else {
+            return false;
+        };
         plain_end && !suffixes.iter().any(|s| name.ends_with(s))
     }
 
@@ -663,11 +667,13 @@ mod tests {
         ];
         for (lua, regex, shortcut) in cases {
             let filter = Filter::from_sources(lua, regex).unwrap().unwrap();
-            assert_eq!(filter.suffixes.is_some(), shortcut, "{lua:?} {regex:?}");
+            let shortcut_taken = matches!(filter.matcher, Matcher::Suffixes(_));
+            assert_eq!(shortcut_taken, shortcut, "{lua:?} {regex:?}");
+            let regex = build(&filter.pattern).unwrap();
             for path in paths {
                 assert_eq!(
                     filter.is_match(path),
-                    filter.regex.is_match(path),
+                    regex.is_match(path),
                     "{lua:?} {regex:?} on {:?}",
                     String::from_utf8_lossy(path)
                 );
