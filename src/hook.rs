@@ -565,7 +565,8 @@ mod tests {
             cwd,
         };
         p.names(&name(b"m.lua", 1)).insert(PathKey::of(b"m.lua"));
-        p.names(&name(b"/a/m.lua", 1)).insert(PathKey::of(b"/a/m.lua"));
+        p.names(&name(b"/a/m.lua", 1))
+            .insert(PathKey::of(b"/a/m.lua"));
         assert!(p.knows_name(&name(b"m.lua", 1)));
         assert!(!p.knows_name(&name(b"m.lua", 2)), "a new directory");
         assert!(p.knows_name(&name(b"/a/m.lua", 2)));
