@@ -615,9 +615,12 @@ impl Parked {
         let mut epoch = self.session.epoch;
         let mut run = 0;
         if let Some(began) = first_run {
-            match self.fork_run(epoch, &program_mask, &sigchld) {
+            match self.fork_run(epoch, &program_mask) {
                 Ok(Fork::Parent(pid)) => run = pid,
-                Ok(Fork::Child) => return Ok(self.run_state(epoch, began)),
+                Ok(Fork::Child) => {
+                    drop(sigchld);
+                    return Ok(self.run_state(epoch, began));
+                }
                 Err(e) => {
                     drop(sigchld);
                     program_mask.set_mask();
@@ -691,9 +694,12 @@ impl Parked {
                 restore_terminal();
                 epoch = new_epoch;
                 let began = Instant::now();
-                match self.fork_run(epoch, &program_mask, &sigchld) {
+                match self.fork_run(epoch, &program_mask) {
                     Ok(Fork::Parent(pid)) => run = pid,
-                    Ok(Fork::Child) => return Ok(self.run_state(epoch, began)),
+                    Ok(Fork::Child) => {
+                        drop(sigchld);
+                        return Ok(self.run_state(epoch, began));
+                    }
                     Err(e) => {
                         hook::reporter()
                             .error(&format!("cannot fork a run from the checkpoint: {e}"));
@@ -711,14 +717,14 @@ impl Parked {
         &self,
         epoch: u64,
         program_mask: &SignalSet,
-        sigchld: &OwnedFd,
     ) -> io::Result<Fork> {
         let me = sys::getpid();
         let fork = sys::fork()?;
         match fork {
             Fork::Child => {
-                sys::close(sigchld.as_raw_fd());
-                sys::close(self.orders.as_raw_fd());
+                // The checkpoint's signalfd and order pipe are closed by the caller,
+                // which owns them (closing them here as well would close whatever has
+                // reused the numbers by then).
                 program_mask.set_mask();
                 let _ = sys::set_parent_death_signal(libc::SIGKILL);
                 if sys::getppid() != me {
