@@ -713,11 +713,7 @@ impl Parked {
     /// Forks a run. In the child: the program's signal mask back, our descriptors
     /// closed, the file offsets of the checkpoint restored, and a parent-death signal
     /// so the run never outlives its checkpoint.
-    fn fork_run(
-        &self,
-        epoch: u64,
-        program_mask: &SignalSet,
-    ) -> io::Result<Fork> {
+    fn fork_run(&self, epoch: u64, program_mask: &SignalSet) -> io::Result<Fork> {
         let me = sys::getpid();
         let fork = sys::fork()?;
         match fork {

@@ -217,15 +217,16 @@ fn files_near_a_checkpoint_share_it_until_one_is_edited() {
     dir.write(
         "main.lua",
         "local a, b = require('a'), require('b')\n\
-         local t = os.clock() while os.clock() - t < 0.3 do end\n\
+         local t = os.clock() while os.clock() - t < 0.6 do end\n\
          print(a .. ' ' .. b .. ' ' .. require('c'))\n",
     );
     let mut s = Session::start(
         forkhook_command()
             .args(["-v", "-e", "lua", "--", "lua5.4", "main.lua"])
             .current_dir(&dir.path)
-            // Wide enough for a loaded machine between main.lua and b.lua.
-            .env("FORKHOOK_CHECKPOINT_GAP_MS", "200"),
+            // Wide enough for a loaded machine between main.lua and b.lua, and less
+            // than the 0.6 s of CPU the run burns before c.lua.
+            .env("FORKHOOK_CHECKPOINT_GAP_MS", "250"),
     );
     let named = |file: &str| dir.join(file).display().to_string();
     for file in ["a.lua", "b.lua"] {
