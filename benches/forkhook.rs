@@ -429,6 +429,35 @@ fn plain(program: &[&str]) -> Command {
 
 // ------------------------------------------------------------------------------ statistics
 
+/// Orders of four, at random (xorshift seeded from the clock; no crate for this).
+struct Shuffler(u64);
+
+impl Shuffler {
+    fn new() -> Shuffler {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64);
+        Shuffler(seed | 1)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+
+    /// 0, 1, 2, 3 in a random order (Fisher-Yates).
+    fn next4(&mut self) -> [usize; 4] {
+        let mut v = [0, 1, 2, 3];
+        for i in (1..4).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+        v
+    }
+}
+
 fn sorted(v: &[f64]) -> Vec<f64> {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -846,12 +875,13 @@ fn run_project(p: &Project, runs: usize) -> Res<ProjectRuns> {
         hook_pss: vec![],
         hook_procs: vec![],
     };
-    for round in 0..runs {
-        // Interleaved, so drift on a shared machine hits all alike, and in an order that
-        // turns each round: whichever runs first after the last one's session ended
-        // does not always meet the same leftovers.
-        for variant in 0..4 {
-            match (round + variant) % 4 {
+    let mut order = Shuffler::new();
+    for _ in 0..runs {
+        // Interleaved, so drift on a shared machine hits all alike, and in a new random
+        // order each round: each variant then follows each other as often (the end of
+        // the session before, whose processes are still exiting, costs the next run).
+        for variant in order.next4() {
+            match variant {
                 0 => {
                     let mut x = Proc::spawn(&format!("plain {}", p.name), &mut plain_cmd())?;
                     let done = x.wait_out(|t| t.starts_with("done"))?;
@@ -953,7 +983,7 @@ fn scenario_projects(o: &Opts, report: &mut Report, overhead: bool, memory: bool
     }
     report.note(format!(
         "2/3: wall time = spawn until the program's last stdout line is read (median and \
-         lower quartile of {lua_runs} (Lua) and {python_runs} (Python) interleaved runs, each round in another order, after one warm-up of each; project files at least 3.2 s \
+         lower quartile of {lua_runs} (Lua) and {python_runs} (Python) interleaved runs, each round in a random order, after one warm-up of each; project files at least 3.2 s \
          old). forkhook runs use the launcher \
          (`forkhook -e lua|py -- ...`). Python: the interpreter binary is run directly (not \
          the pyenv shim), PYTHONDONTWRITEBYTECODE unset so the warm-up writes .pyc files and \
