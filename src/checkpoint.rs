@@ -767,18 +767,21 @@ impl Parked {
 }
 
 /// Ends every process below `me` and reaps them. Walks the tree again after each
-/// reap: a killed parent's children are reparented to us (we are a subreaper), and
-/// one may have forked between the walk and the kill.
+/// round of reaps: a killed parent's children are reparented to us (we are a subreaper),
+/// and one may have forked between the walk and the kill.
 pub(crate) fn end_descendants(me: Pid) {
     loop {
         let below = sys::descendants_of(me);
         for &pid in &below {
             let _ = sys::kill(pid, libc::SIGKILL);
         }
+        // Every child that has ended is reaped before walking the tree again: killed
+        // together, they end together, and a walk reads a file per process (reaping
+        // one per walk made stopping a session of 400 checkpoints take 6 s).
         match sys::wait_any(!below.is_empty()) {
-            Ok(Some(_)) => continue,
+            Ok(Some(_)) => while let Ok(Some(_)) = sys::wait_any(false) {},
             Ok(None) if below.is_empty() => return,
-            Ok(None) => continue,
+            Ok(None) => {}
             Err(_) => return,
         }
     }
