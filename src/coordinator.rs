@@ -1221,7 +1221,11 @@ impl Coordinator {
             if total <= limit {
                 return;
             }
-            let index = self.timeline.checkpoints().iter().position(|c| c.pid == pid);
+            let index = self
+                .timeline
+                .checkpoints()
+                .iter()
+                .position(|c| c.pid == pid);
             if let Some(index) = index {
                 self.retire(index);
                 total = total.saturating_sub(private);
