@@ -16,6 +16,12 @@
 //! that stays within a share of the time the run has been going. What the next one will
 //! cost is not predicted (see `Spending::afford`).
 //!
+//! The first checkpoint is not charged: it is the session's start, taken whatever the
+//! budget says, and so are the copies the run makes of the pages it shares with it.
+//! Charging them (a Python program's reference counts rewrite its whole early heap)
+//! would leave nothing for the checkpoint that matters most to a dev server, the one
+//! after its framework has loaded.
+//!
 //! And a checkpoint must be worth its cost: one taken soon after the newest saves a
 //! resume only that short stretch of the run, which nobody would notice, so none is
 //! taken closer to the newest than a minimum gap (50 ms by default). A short run
@@ -45,6 +51,8 @@ pub struct Spending {
     pub next_check: Duration,
     /// Time into the run of the newest checkpoint.
     pub newest_at: Duration,
+    /// Whether copies since the newest checkpoint are charged (not after the first).
+    pub charging: bool,
 }
 
 /// What a run may spend on checkpoints.
@@ -84,6 +92,21 @@ impl Spending {
             shared_pages: pages,
             next_check: Duration::ZERO,
             newest_at: Duration::ZERO,
+            charging: false,
+        }
+    }
+
+    /// The run forked from the first checkpoint, taken `at` into the run: nothing
+    /// spent yet, and the copies that follow are not charged (see the module's notes).
+    pub fn after_first_checkpoint(&self, at: Duration, faults: u64, pages: u64) -> Spending {
+        Spending {
+            spent: Duration::ZERO,
+            page_copy: self.page_copy,
+            faults_at_checkpoint: faults,
+            shared_pages: pages,
+            next_check: Duration::ZERO,
+            newest_at: at,
+            charging: false,
         }
     }
 
@@ -105,8 +128,10 @@ impl Spending {
         }
         let allowed = elapsed.mul_f64(share);
         let pages = meter.anonymous_pages();
-        let copied = self.copied(meter.minor_faults(), pages);
-        let closing = self.page_copy * copied as u32;
+        let closing = match self.charging {
+            true => self.page_copy * self.copied(meter.minor_faults(), pages) as u32,
+            false => Duration::ZERO,
+        };
         // What the new checkpoint will cost is not predicted: a heap rewritten so far
         // may be left alone from now on (a server's, once loaded), and its fork is a
         // small part. It is counted as it comes.
@@ -147,11 +172,15 @@ impl Spending {
             shared_pages: pages,
             next_check: Duration::ZERO,
             newest_at: at,
+            charging: true,
         }
     }
 
-    /// What the copies since the newest checkpoint cost so far.
+    /// What the copies since the newest checkpoint cost so far, as charged.
     pub fn open(&self, meter: &mut impl Meter) -> Duration {
+        if !self.charging {
+            return Duration::ZERO;
+        }
         let pages = meter.anonymous_pages();
         self.page_copy * self.copied(meter.minor_faults(), pages) as u32
     }
@@ -292,6 +321,30 @@ mod tests {
         assert_eq!(next.spent, 200 * US + 30 * US + 250 * US);
         assert_eq!((next.faults_at_checkpoint, next.shared_pages), (7, 40));
         assert_eq!(next.newest_at, 9 * MS);
+    }
+
+    #[test]
+    fn the_first_checkpoint_and_the_copies_after_it_are_not_charged() {
+        // A Python-like early heap of 2,000 pages, all rewritten after checkpoint 1
+        // (6 ms of copies): a checkpoint is still affordable at 300 ms with 1%.
+        let mut s = Spending::new(3 * US, 0, 0).after_first_checkpoint(MS, 0, 2_000);
+        let mut m = Fake {
+            faults: 30_000,
+            pages: 30_000,
+            asked_pages: 0,
+        };
+        m.faults = 2_000 + 28_000;
+        assert_eq!(
+            s.afford(300 * MS, share(0.01), &mut m),
+            Verdict::Take {
+                closing: Duration::ZERO
+            }
+        );
+        assert_eq!(s.total(&mut m), Duration::ZERO);
+        // After a second one, copies count again.
+        let next = s.after_checkpoint(300 * MS, Duration::ZERO, 400 * US, 30_000, 30_000);
+        m.faults = 30_000 + 1_000;
+        assert_eq!(next.open(&mut m), 3 * MS);
     }
 
     #[test]

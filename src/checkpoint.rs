@@ -754,13 +754,20 @@ impl Parked {
             checkpoint: sys::getppid(),
             // Time into the run restarts from where the checkpoint was.
             origin: Instant::now() - self.elapsed,
-            spending: self.session.spending.after_checkpoint(
-                self.elapsed,
-                self.closing,
-                cost,
-                sys::minor_faults(),
-                sys::anonymous_pages().unwrap_or(0),
-            ),
+            spending: match self.session.depth {
+                0 => self.session.spending.after_first_checkpoint(
+                    self.elapsed,
+                    sys::minor_faults(),
+                    sys::anonymous_pages().unwrap_or(0),
+                ),
+                _ => self.session.spending.after_checkpoint(
+                    self.elapsed,
+                    self.closing,
+                    cost,
+                    sys::minor_faults(),
+                    sys::anonymous_pages().unwrap_or(0),
+                ),
+            },
             depth: self.session.depth + 1,
         }
     }

@@ -158,7 +158,7 @@ impl Settings {
             "FORKHOOK_CHECKPOINT_SHARE",
             DEFAULT_TIME_SHARE,
             1.0,
-            "a fraction between 0 and 1, e.g. 0.01 (1: a checkpoint before every file)",
+            "a fraction between 0 and 1, e.g. 0.03 (1: a checkpoint before every file)",
         )?;
         let memory_share = share(
             "FORKHOOK_MEMORY_SHARE",
@@ -200,10 +200,10 @@ impl Settings {
 }
 
 pub const DEFAULT_SETTLE_MS: u64 = 3;
-/// What the 5% a first run may cost leaves once the launcher, the library, the
-/// session's start and its first accesses have taken theirs (3 to 4% of a 65 ms Lua
-/// program that reads 1000 files, on the VM in the README).
-pub const DEFAULT_TIME_SHARE: f64 = 0.01;
+/// With the minimum gap and the first checkpoint free (see `budget`), this mostly
+/// matters to long runs with big heaps: 1% measured the same on a 65 ms Lua run, and
+/// left a dev server on a loaded machine without its checkpoint after the framework.
+pub const DEFAULT_TIME_SHARE: f64 = 0.03;
 /// Resuming from a checkpoint this much earlier than the best one goes unnoticed.
 pub const DEFAULT_CHECKPOINT_GAP_MS: u64 = 50;
 pub const DEFAULT_MAX_CHECKPOINTS: usize = 64;
