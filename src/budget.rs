@@ -101,12 +101,8 @@ impl Spending {
     pub fn after_first_checkpoint(&self, at: Duration, faults: u64, pages: u64) -> Spending {
         Spending {
             spent: Duration::ZERO,
-            page_copy: self.page_copy,
-            faults_at_checkpoint: faults,
-            shared_pages: pages,
-            next_check: Duration::ZERO,
-            newest_at: at,
             charging: false,
+            ..self.after_checkpoint(at, Duration::ZERO, Duration::ZERO, faults, pages)
         }
     }
 

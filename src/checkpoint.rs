@@ -617,10 +617,7 @@ impl Parked {
         if let Some(began) = first_run {
             match self.fork_run(epoch, &program_mask) {
                 Ok(Fork::Parent(pid)) => run = pid,
-                Ok(Fork::Child) => {
-                    drop(sigchld);
-                    return Ok(self.run_state(epoch, began));
-                }
+                Ok(Fork::Child) => return Ok(self.into_run(sigchld, epoch, began)),
                 Err(e) => {
                     drop(sigchld);
                     program_mask.set_mask();
@@ -696,10 +693,7 @@ impl Parked {
                 let began = Instant::now();
                 match self.fork_run(epoch, &program_mask) {
                     Ok(Fork::Parent(pid)) => run = pid,
-                    Ok(Fork::Child) => {
-                        drop(sigchld);
-                        return Ok(self.run_state(epoch, began));
-                    }
+                    Ok(Fork::Child) => return Ok(self.into_run(sigchld, epoch, began)),
                     Err(e) => {
                         hook::reporter()
                             .error(&format!("cannot fork a run from the checkpoint: {e}"));
@@ -745,8 +739,11 @@ impl Parked {
         Ok(fork)
     }
 
-    fn run_state(&self, epoch: u64, began: Instant) -> SessionState {
+    /// In a run just forked from here: the checkpoint's signalfd and order pipe are
+    /// closed (dropped, once), and the run's state is what this checkpoint knew.
+    fn into_run(self, sigchld: OwnedFd, epoch: u64, began: Instant) -> SessionState {
         let cost = began.elapsed();
+        drop(sigchld);
         SessionState {
             up: self.session.up,
             up_inode: self.session.up_inode,
