@@ -3,7 +3,7 @@
 //! keeps the launcher's pid (the shell waits for the pid that becomes the coordinator).
 
 use crate::filter::Filter;
-use clap::Parser;
+use clap::{Arg, ArgAction, ArgMatches, Command};
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -11,7 +11,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const ABOUT: &str = "Run a program, and when a file it read changes, resume it from a \
 checkpoint taken just before it first read that file, instead of starting over.";
@@ -49,49 +48,132 @@ Environment (also read without the launcher):
 Exit status: the session's (128 + signal when stopped by Ctrl-C, SIGTERM, SIGHUP);
 2 for bad options or settings; 126 if COMMAND cannot be executed; 127 if not found.";
 
-#[derive(Parser, Debug)]
-#[command(name = "forkhook", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+/// What the command line asked for.
+#[derive(Debug, Default)]
 pub struct Cli {
-    /// Watch files with these extensions (comma-separated, repeatable): -e lua, -e py,html
-    #[arg(
-        short = 'e',
-        long = "ext",
-        value_name = "EXT[,EXT]",
-        value_delimiter = ','
-    )]
+    /// `-e`: extensions, one per element (commas already split)
     pub ext: Vec<String>,
-
-    /// Watch files whose absolute path matches this Rust regex (repeatable)
-    #[arg(short = 'f', long = "filter", value_name = "REGEX")]
+    /// `-f`: Rust regexes
     pub filter: Vec<String>,
-
-    /// Print nothing but errors
-    #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
-
-    /// Also print a line per checkpoint and per watched file
-    #[arg(short, long)]
     pub verbose: bool,
-
-    /// Quiet time after the last change before resuming, in milliseconds
-    #[arg(long, value_name = "MS")]
     pub settle: Option<u64>,
-
-    /// When the program runs several threads at a checkpoint: checkpoint anyway, or skip
-    #[arg(long, value_name = "POLICY", value_parser = ["checkpoint", "skip"])]
     pub threads: Option<String>,
-
-    /// Print the path of the embedded libforkhook.so (for plain LD_PRELOAD use) and exit
-    #[arg(long)]
     pub print_library: bool,
-
     /// The program to run, and its arguments
-    #[arg(
-        last = true,
-        value_name = "COMMAND",
-        required_unless_present = "print_library"
-    )]
     pub command: Vec<OsString>,
+}
+
+impl Cli {
+    /// The command line's grammar. Built with clap's builder rather than its derive
+    /// macro: a proc macro is a shared library, and the launcher is linked statically
+    /// (see `.cargo/config.toml`), a setting cargo also applies to proc macros.
+    pub fn command() -> Command {
+        Command::new("forkhook")
+            .version(env!("CARGO_PKG_VERSION"))
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_help(AFTER_HELP)
+            .arg(
+                Arg::new("ext")
+                    .short('e')
+                    .long("ext")
+                    .value_name("EXT[,EXT]")
+                    .value_delimiter(',')
+                    .action(ArgAction::Append)
+                    .help("Watch files with these extensions (comma-separated, repeatable): -e lua, -e py,html"),
+            )
+            .arg(
+                Arg::new("filter")
+                    .short('f')
+                    .long("filter")
+                    .value_name("REGEX")
+                    .action(ArgAction::Append)
+                    .help("Watch files whose absolute path matches this Rust regex (repeatable)"),
+            )
+            .arg(
+                Arg::new("quiet")
+                    .short('q')
+                    .long("quiet")
+                    .action(ArgAction::SetTrue)
+                    .conflicts_with("verbose")
+                    .help("Print nothing but errors"),
+            )
+            .arg(
+                Arg::new("verbose")
+                    .short('v')
+                    .long("verbose")
+                    .action(ArgAction::SetTrue)
+                    .help("Also print a line per checkpoint and per watched file"),
+            )
+            .arg(
+                Arg::new("settle")
+                    .long("settle")
+                    .value_name("MS")
+                    .value_parser(clap::value_parser!(u64))
+                    .help("Quiet time after the last change before resuming, in milliseconds"),
+            )
+            .arg(
+                Arg::new("threads")
+                    .long("threads")
+                    .value_name("POLICY")
+                    .value_parser(["checkpoint", "skip"])
+                    .help("When the program runs several threads at a checkpoint: checkpoint anyway, or skip"),
+            )
+            .arg(
+                Arg::new("print_library")
+                    .long("print-library")
+                    .action(ArgAction::SetTrue)
+                    .help("Print the path of the embedded libforkhook.so (for plain LD_PRELOAD use) and exit"),
+            )
+            .arg(
+                Arg::new("command")
+                    .last(true)
+                    .value_name("COMMAND")
+                    .num_args(1..)
+                    .value_parser(clap::value_parser!(OsString))
+                    .required_unless_present("print_library")
+                    .help("The program to run, and its arguments"),
+            )
+    }
+
+    /// Parses this process's arguments; on bad usage, `--help` or `--version`, prints
+    /// what clap says and exits (status 2 for errors, as before).
+    pub fn parse() -> Cli {
+        Cli::from_matches(&Cli::command().get_matches())
+    }
+
+    /// Parses `args` (the first is the program's name), for tests.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Ok(Cli::from_matches(
+            &Cli::command().try_get_matches_from(args)?,
+        ))
+    }
+
+    fn from_matches(m: &ArgMatches) -> Cli {
+        let strings = |id: &str| -> Vec<String> {
+            m.get_many::<String>(id)
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default()
+        };
+        Cli {
+            ext: strings("ext"),
+            filter: strings("filter"),
+            quiet: m.get_flag("quiet"),
+            verbose: m.get_flag("verbose"),
+            settle: m.get_one::<u64>("settle").copied(),
+            threads: m.get_one::<String>("threads").cloned(),
+            print_library: m.get_flag("print_library"),
+            command: m
+                .get_many::<OsString>("command")
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// The launcher's errors: each says what went wrong and what to do, and maps to an
@@ -145,7 +227,7 @@ pub fn main(cli: Cli, library: &[u8], hash: &str) -> Result<(), LaunchError> {
         LaunchError::Usage("no command given: forkhook [OPTIONS] -- COMMAND [ARGS]...".into())
     })?;
 
-    let mut command = Command::new(program);
+    let mut command = std::process::Command::new(program);
     command.args(args);
     match regex {
         Some(regex) => {

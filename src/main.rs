@@ -1,6 +1,5 @@
 //! `forkhook [OPTIONS] -- COMMAND [ARGS]...`: see `forkhook --help`.
 
-use clap::Parser;
 use forkhook::launcher::{self, Cli};
 
 /// libforkhook.so, built from hook/ by build.rs.
