@@ -24,9 +24,12 @@
 //!
 //! And a checkpoint must be worth its cost: one taken soon after the newest saves a
 //! resume only that short stretch of the run, which nobody would notice, so none is
-//! taken closer to the newest than a minimum gap (50 ms by default). A short run
-//! (65 ms of Lua loading 1000 modules) then takes one or two checkpoints, not six;
-//! the file a resume was for still gets its own (the run asks [`Spending::open`]).
+//! taken closer to the newest than a minimum gap (100 ms by default). A short run
+//! (65 ms of Lua loading 1000 modules) then takes only its first checkpoint, not six;
+//! the file a resume was for still gets its own (the run asks [`Spending::open`]), so
+//! the gap costs at most one resume per file, the first, up to 100 ms. Every run pays
+//! for its checkpoints again, each a fork and then the copies (about 1 ms for that Lua
+//! run), so the gap is a trade of a one-off against a cost on every run.
 //!
 //! Pure arithmetic: the run passes in what it measured, so every rule is unit-tested.
 

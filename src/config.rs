@@ -204,8 +204,10 @@ pub const DEFAULT_SETTLE_MS: u64 = 3;
 /// matters to long runs with big heaps: 1% measured the same on a 65 ms Lua run, and
 /// left a dev server on a loaded machine without its checkpoint after the framework.
 pub const DEFAULT_TIME_SHARE: f64 = 0.03;
-/// Resuming from a checkpoint this much earlier than the best one goes unnoticed.
-pub const DEFAULT_CHECKPOINT_GAP_MS: u64 = 50;
+/// Resuming from a checkpoint this much earlier than the best one goes unnoticed
+/// (about the limit of what feels instant), and only the first edit of a file pays
+/// it: the resumed run takes a checkpoint right before that file.
+pub const DEFAULT_CHECKPOINT_GAP_MS: u64 = 100;
 pub const DEFAULT_MAX_CHECKPOINTS: usize = 64;
 pub const DEFAULT_MEMORY_SHARE: f64 = 0.5;
 
