@@ -200,10 +200,13 @@ impl Settings {
 }
 
 pub const DEFAULT_SETTLE_MS: u64 = 3;
-/// With the minimum gap and the first checkpoint free (see `budget`), this mostly
-/// matters to long runs with big heaps: 1% measured the same on a 65 ms Lua run, and
-/// left a dev server on a loaded machine without its checkpoint after the framework.
-pub const DEFAULT_TIME_SHARE: f64 = 0.03;
+/// With the minimum gap and the first checkpoint free (see `budget`), this matters to
+/// runs with big heaps: a Python project of 100 MiB took one or two checkpoints after
+/// its first with 3%, which cost it 3 to 5% (their copies are counted as they come, so
+/// one can overshoot), and none with 1%. A dev server on a loaded machine still gets
+/// its checkpoint after the framework with 1% now that the gap is 100 ms (with 50 ms
+/// one landed in the framework's load, and its copies used up the allowance).
+pub const DEFAULT_TIME_SHARE: f64 = 0.01;
 /// Resuming from a checkpoint this much earlier than the best one goes unnoticed
 /// (about the limit of what feels instant), and only the first edit of a file pays
 /// it: the resumed run takes a checkpoint right before that file.

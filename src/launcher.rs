@@ -40,7 +40,7 @@ Environment (also read without the launcher):
   FORKMON_IGNORE_DELAY  minimum time (ms) between resumes; later changes wait, never lost
   FORKHOOK_VERBOSE      a line per checkpoint and per watched file
   FORKHOOK_THREADS      checkpoint (default) or skip, when the program runs threads
-  FORKHOOK_CHECKPOINT_SHARE  share of run time checkpoints may cost (default 0.03;
+  FORKHOOK_CHECKPOINT_SHARE  share of run time checkpoints may cost (default 0.01;
                              1: a checkpoint before every file)
   FORKHOOK_CHECKPOINT_GAP_MS least time (ms) between two checkpoints (default 100)
   FORKHOOK_MAX_CHECKPOINTS   most checkpoints alive at once (default 64)
