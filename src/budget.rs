@@ -125,6 +125,12 @@ impl Spending {
         if elapsed < self.next_check {
             return Verdict::Skip;
         }
+        // Nothing may be spent: only the first checkpoint, and those before files a
+        // resume was for. (Without this, a run that had spent nothing yet, the first
+        // checkpoint being free, would take one more: nothing is at most nothing.)
+        if share <= 0.0 {
+            return Verdict::Skip;
+        }
         let allowed = elapsed.mul_f64(share);
         let pages = meter.anonymous_pages();
         let closing = match self.charging {
@@ -300,6 +306,25 @@ mod tests {
             Verdict::Take { .. }
         ));
         assert_eq!(s.afford(MS, share(0.99), &mut m), Verdict::Skip);
+    }
+
+    #[test]
+    fn a_share_of_zero_takes_none_after_the_first() {
+        // Right after the first checkpoint: nothing spent, nothing charged.
+        let mut s = Spending::new(3 * US, 0, 0).after_first_checkpoint(MS, 0, 2_000);
+        let mut m = Fake {
+            faults: 0,
+            pages: 2_000,
+            asked_pages: 0,
+        };
+        assert_eq!(
+            s.afford(Duration::from_secs(5), share(0.0), &mut m),
+            Verdict::Skip
+        );
+        assert!(matches!(
+            s.afford(Duration::from_secs(5), share(0.01), &mut m),
+            Verdict::Take { .. }
+        ));
     }
 
     #[test]
