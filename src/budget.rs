@@ -132,11 +132,7 @@ impl Spending {
             return Verdict::Skip;
         }
         let allowed = elapsed.mul_f64(share);
-        let pages = meter.anonymous_pages();
-        let closing = match self.charging {
-            true => self.page_copy * self.copied(meter.minor_faults(), pages) as u32,
-            false => Duration::ZERO,
-        };
+        let closing = self.open(meter);
         // What the new checkpoint will cost is not predicted: a heap rewritten so far
         // may be left alone from now on (a server's, once loaded), and its fork is a
         // small part. It is counted as it comes.
@@ -216,6 +212,14 @@ mod tests {
         }
     }
 
+    fn meter(faults: u64, pages: u64) -> Fake {
+        Fake {
+            faults,
+            pages,
+            asked_pages: 0,
+        }
+    }
+
     const US: Duration = Duration::from_micros(1);
     const MS: Duration = Duration::from_millis(1);
 
@@ -234,11 +238,7 @@ mod tests {
     fn a_small_program_that_writes_little_takes_checkpoints_often() {
         let mut s = after_one(500);
         // 20 pages copied since (60 µs), and the fork (200 µs).
-        let mut m = Fake {
-            faults: 20,
-            pages: 500,
-            asked_pages: 0,
-        };
+        let mut m = meter(20, 500);
         assert_eq!(
             s.afford(20 * MS, share(0.03), &mut m),
             Verdict::Take { closing: 60 * US }
@@ -249,11 +249,7 @@ mod tests {
     fn a_big_heap_that_is_rewritten_takes_none_until_the_run_has_paid_for_it() {
         // 100 MiB shared and rewritten: 25,600 copies of 3 µs = 77 ms.
         let mut s = after_one(25_600);
-        let mut m = Fake {
-            faults: 30_000,
-            pages: 25_600,
-            asked_pages: 0,
-        };
+        let mut m = meter(30_000, 25_600);
         assert_eq!(
             s.afford(Duration::from_millis(500), share(0.03), &mut m),
             Verdict::Skip
@@ -281,11 +277,7 @@ mod tests {
         // From 1,000 shared pages to 26,000: 25,000 faults brought in new memory, and
         // the checkpoint before a big heap costs its fork, not a rewrite.
         let mut s = after_one(1_000);
-        let mut m = Fake {
-            faults: 25_100,
-            pages: 26_000,
-            asked_pages: 0,
-        };
+        let mut m = meter(25_100, 26_000);
         // 300 µs of copies and a 200 µs fork so far, within 9 ms.
         assert_eq!(
             s.afford(Duration::from_millis(300), share(0.03), &mut m),
@@ -296,11 +288,7 @@ mod tests {
     #[test]
     fn a_share_of_one_takes_every_checkpoint() {
         let mut s = after_one(25_600);
-        let mut m = Fake {
-            faults: 30_000,
-            pages: 25_600,
-            asked_pages: 0,
-        };
+        let mut m = meter(30_000, 25_600);
         assert!(matches!(
             s.afford(MS, share(1.0), &mut m),
             Verdict::Take { .. }
@@ -312,11 +300,7 @@ mod tests {
     fn a_share_of_zero_takes_none_after_the_first() {
         // Right after the first checkpoint: nothing spent, nothing charged.
         let mut s = Spending::new(3 * US, 0, 0).after_first_checkpoint(MS, 0, 2_000);
-        let mut m = Fake {
-            faults: 0,
-            pages: 2_000,
-            asked_pages: 0,
-        };
+        let mut m = meter(0, 2_000);
         assert_eq!(
             s.afford(Duration::from_secs(5), share(0.0), &mut m),
             Verdict::Skip
@@ -330,11 +314,7 @@ mod tests {
     #[test]
     fn faults_count_at_most_once_per_shared_page() {
         let s = after_one(100);
-        let mut m = Fake {
-            faults: 1_000_000,
-            pages: 100,
-            asked_pages: 0,
-        };
+        let mut m = meter(1_000_000, 100);
         assert_eq!(s.total(&mut m), 200 * US + 300 * US);
     }
 
@@ -352,11 +332,7 @@ mod tests {
         // A Python-like early heap of 2,000 pages, all rewritten after checkpoint 1
         // (6 ms of copies): a checkpoint is still affordable at 300 ms with 1%.
         let mut s = Spending::new(3 * US, 0, 0).after_first_checkpoint(MS, 0, 2_000);
-        let mut m = Fake {
-            faults: 30_000,
-            pages: 30_000,
-            asked_pages: 0,
-        };
+        let mut m = meter(30_000, 30_000);
         m.faults = 2_000 + 28_000;
         assert_eq!(
             s.afford(300 * MS, share(0.01), &mut m),
@@ -375,11 +351,7 @@ mod tests {
     fn none_is_taken_near_the_newest_unless_every_file_is_asked_for() {
         // Taken 1 ms in; cheap enough for many more, but not within 50 ms of it.
         let mut s = after_one(10);
-        let mut m = Fake {
-            faults: 0,
-            pages: 10,
-            asked_pages: 0,
-        };
+        let mut m = meter(0, 10);
         let limits = Limits {
             share: 0.03,
             min_gap: 50 * MS,

@@ -49,7 +49,7 @@ Exit status: the session's (128 + signal when stopped by Ctrl-C, SIGTERM, SIGHUP
 2 for bad options or settings; 126 if COMMAND cannot be executed; 127 if not found.";
 
 /// What the command line asked for.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Cli {
     /// `-e`: extensions, one per element (commas already split)
     pub ext: Vec<String>,
@@ -141,17 +141,6 @@ impl Cli {
     /// what clap says and exits (status 2 for errors, as before).
     pub fn parse() -> Cli {
         Cli::from_matches(&Cli::command().get_matches())
-    }
-
-    /// Parses `args` (the first is the program's name), for tests.
-    pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<OsString> + Clone,
-    {
-        Ok(Cli::from_matches(
-            &Cli::command().try_get_matches_from(args)?,
-        ))
     }
 
     fn from_matches(m: &ArgMatches) -> Cli {
