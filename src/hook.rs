@@ -16,7 +16,7 @@ use crate::fingerprint::{Fingerprint, Identity};
 use crate::path;
 use crate::report::Reporter;
 use crate::sys;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -318,9 +318,6 @@ pub fn after_access(dirfd: RawFd, path: &CStr, intent: Intent, found: Found) -> 
     if intent == Intent::Write || given.is_empty() || settings.filter.rejects_name(given) {
         return Then::Return;
     }
-    let Some(_guard) = Guard::enter() else {
-        return Then::Return;
-    };
     // A file read again (a stat before every use, a config reread) is known by the
     // name the program gave, as long as that name means the same file.
     let absolute = given[0] == b'/';
@@ -329,8 +326,17 @@ pub fn after_access(dirfd: RawFd, path: &CStr, intent: Intent, found: Found) -> 
         absolute,
         cwd: path::cwd_generation(),
     });
+    // Asked first without the process-wide lock: this thread may have found the name
+    // known already (nothing here calls a hooked function, so no guard either).
+    if name.as_ref().is_some_and(Name::recently_known) {
+        return Then::Return;
+    }
+    let Some(_guard) = Guard::enter() else {
+        return Then::Return;
+    };
     if let Some(name) = &name {
         if process().as_mut().is_some_and(|p| p.knows_name(name)) {
+            name.note_known();
             return Then::Return;
         }
     }
@@ -355,6 +361,46 @@ struct Name {
     key: PathKey,
     absolute: bool,
     cwd: u64,
+}
+
+/// Names each thread found known lately, in slots picked by their hash. A process
+/// never forgets a name, but a relative one when the program changes directory, so a
+/// slot holds the directory generation a relative name was known under. A fork copies
+/// the calling thread's slots with the process's names: they stay true in the child.
+/// It spares a file read again and again (a `stat` before every use) the process-wide
+/// lock, a third of what the hook added to such a call.
+const RECENT_SLOTS: usize = 16;
+
+thread_local! {
+    static RECENT: RefCell<[Option<(PathKey, u64)>; RECENT_SLOTS]> =
+        const { RefCell::new([None; RECENT_SLOTS]) };
+}
+
+impl Name {
+    /// What a slot holds for this name: absolute names hold for any directory.
+    fn slot(&self) -> (usize, (PathKey, u64)) {
+        let index = self.key.0 as usize % RECENT_SLOTS;
+        (
+            index,
+            (self.key, if self.absolute { u64::MAX } else { self.cwd }),
+        )
+    }
+
+    fn recently_known(&self) -> bool {
+        let (index, entry) = self.slot();
+        RECENT
+            .try_with(|recent| recent.try_borrow().is_ok_and(|r| r[index] == Some(entry)))
+            .unwrap_or(false)
+    }
+
+    fn note_known(&self) {
+        let (index, entry) = self.slot();
+        let _ = RECENT.try_with(|recent| {
+            if let Ok(mut r) = recent.try_borrow_mut() {
+                r[index] = Some(entry);
+            }
+        });
+    }
 }
 
 /// Called after the program's `chdir`/`fchdir`: relative paths are made absolute with

@@ -13,13 +13,19 @@ const T: Duration = Duration::from_secs(30);
 /// Reads `data.txt` in three directories, reaching them by `chdir` and `fchdir`. A
 /// stale copy of the current directory, or taking the same name for the same file
 /// after a directory change, would track the decoy `./data.txt` (or `sub/data.txt`
-/// twice) only, and edits to the others would resume nothing.
+/// twice) only, and edits to the others would resume nothing. Each read is a `stat`
+/// and then an `fopen` of the same name, as CPython does: the second finds the name
+/// known, which a thread remembers (see `hook::RECENT`) for as long as the directory
+/// stays the same.
 const WALKER: &str = r#"
 #include <fcntl.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
 static void show(const char *where) {
     char v[64] = "";
+    struct stat st;
+    if (stat("data.txt", &st) != 0) return;
     FILE *f = fopen("data.txt", "r");
     if (f) { fgets(v, sizeof v, f); fclose(f); }
     printf("%s: %s", where, v);
