@@ -86,13 +86,15 @@ pub enum Verdict {
 }
 
 impl Spending {
-    /// At session start, before any checkpoint.
-    pub fn new(page_copy: Duration, faults: u64, pages: u64) -> Spending {
+    /// At session start, before any checkpoint. Nothing is measured until a copy can
+    /// be charged (after the second checkpoint): the first run pays for no system call
+    /// it does not need.
+    pub fn new(page_copy: Duration) -> Spending {
         Spending {
             spent: Duration::ZERO,
             page_copy,
-            faults_at_checkpoint: faults,
-            shared_pages: pages,
+            faults_at_checkpoint: 0,
+            shared_pages: 0,
             next_check: Duration::ZERO,
             newest_at: Duration::ZERO,
             charging: false,
@@ -100,12 +102,15 @@ impl Spending {
     }
 
     /// The run forked from the first checkpoint, taken `at` into the run: nothing
-    /// spent yet, and the copies that follow are not charged (see the module's notes).
-    pub fn after_first_checkpoint(&self, at: Duration, faults: u64, pages: u64) -> Spending {
+    /// spent yet, and the copies that follow are not charged (see the module's notes),
+    /// so they are not counted either.
+    pub fn after_first_checkpoint(&self, at: Duration) -> Spending {
         Spending {
             spent: Duration::ZERO,
+            newest_at: at,
+            next_check: Duration::ZERO,
             charging: false,
-            ..self.after_checkpoint(at, Duration::ZERO, Duration::ZERO, faults, pages)
+            ..*self
         }
     }
 
@@ -224,7 +229,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn after_one(shared: u64) -> Spending {
-        Spending::new(3 * US, 0, 0).after_checkpoint(MS, Duration::ZERO, 200 * US, 0, shared)
+        Spending::new(3 * US).after_checkpoint(MS, Duration::ZERO, 200 * US, 0, shared)
     }
 
     fn share(share: f64) -> Limits {
@@ -299,7 +304,7 @@ mod tests {
     #[test]
     fn a_share_of_zero_takes_none_after_the_first() {
         // Right after the first checkpoint: nothing spent, nothing charged.
-        let mut s = Spending::new(3 * US, 0, 0).after_first_checkpoint(MS, 0, 2_000);
+        let mut s = Spending::new(3 * US).after_first_checkpoint(MS);
         let mut m = meter(0, 2_000);
         assert_eq!(
             s.afford(Duration::from_secs(5), share(0.0), &mut m),
@@ -331,7 +336,7 @@ mod tests {
     fn the_first_checkpoint_and_the_copies_after_it_are_not_charged() {
         // A Python-like early heap of 2,000 pages, all rewritten after checkpoint 1
         // (6 ms of copies): a checkpoint is still affordable at 300 ms with 1%.
-        let mut s = Spending::new(3 * US, 0, 0).after_first_checkpoint(MS, 0, 2_000);
+        let mut s = Spending::new(3 * US).after_first_checkpoint(MS);
         let mut m = meter(30_000, 30_000);
         m.faults = 2_000 + 28_000;
         assert_eq!(
@@ -341,6 +346,10 @@ mod tests {
             }
         );
         assert_eq!(s.total(&mut m), Duration::ZERO);
+        assert_eq!(
+            m.asked_pages, 0,
+            "nothing measured while nothing is charged"
+        );
         // After a second one, copies count again.
         let next = s.after_checkpoint(300 * MS, Duration::ZERO, 400 * US, 30_000, 30_000);
         m.faults = 30_000 + 1_000;

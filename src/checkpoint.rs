@@ -311,11 +311,7 @@ fn start_session(opened: Option<RawFd>) -> io::Result<SessionState> {
                 epoch: 0,
                 checkpoint: 0,
                 origin: hook::start_time(),
-                spending: Spending::new(
-                    page_copy,
-                    sys::minor_faults(),
-                    sys::anonymous_pages().unwrap_or(0),
-                ),
+                spending: Spending::new(page_copy),
                 depth: 0,
             })
         }
@@ -752,11 +748,7 @@ impl Parked {
             // Time into the run restarts from where the checkpoint was.
             origin: Instant::now() - self.elapsed,
             spending: match self.session.depth {
-                0 => self.session.spending.after_first_checkpoint(
-                    self.elapsed,
-                    sys::minor_faults(),
-                    sys::anonymous_pages().unwrap_or(0),
-                ),
+                0 => self.session.spending.after_first_checkpoint(self.elapsed),
                 _ => self.session.spending.after_checkpoint(
                     self.elapsed,
                     self.closing,
