@@ -41,12 +41,13 @@ fn main() {
         .env_remove("CLIPPY_ARGS")
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET")
-        // The launcher is linked statically (`.cargo/config.toml`); a shared library
-        // cannot be. The other flags the outer build has pass on, and take precedence
-        // over the config file the nested cargo reads too.
+        // The launcher is a static, position-dependent executable
+        // (`.cargo/config.toml`); a shared library can be neither. The other flags the
+        // outer build has pass on, and take precedence over the config file the nested
+        // cargo reads too.
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            without_crt_static(&env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default()),
+            for_shared_library(&env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default()),
         )
         .env_remove("RUSTFLAGS");
     let status = command

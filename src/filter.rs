@@ -185,6 +185,7 @@ fn suffix_set(pattern: &str) -> Option<Vec<Vec<u8>>> {
     use regex_syntax::hir::Look;
     let hir = regex_syntax::ParserBuilder::new()
         .utf8(false)
+        .unicode(unicode_mode(pattern))
         .build()
         .parse(pattern)
         .ok()?;
@@ -209,7 +210,23 @@ fn suffix_set(pattern: &str) -> Option<Vec<Vec<u8>>> {
 
 fn build(pattern: &str) -> Result<Regex, regex::Error> {
     // Default limits comfortably fit hundreds of path patterns while bounding memory.
-    RegexBuilder::new(pattern).build()
+    RegexBuilder::new(pattern)
+        .unicode(unicode_mode(pattern))
+        .build()
+}
+
+/// Whether `pattern` is compiled in Unicode mode: yes, unless it asks for case-insensitive
+/// matching (`(?i)`), which is ASCII-only here. Unicode's case tables (the regex crate's
+/// `unicode-case`) are 70 KB of pointers that the dynamic loader would relocate, that is
+/// write, in every program the library is loaded into: 18 pages, and as many in the
+/// launcher. Without Unicode mode `.` matches any byte and `\w`, `\d`, `\s` are ASCII
+/// classes; a non-ASCII letter in the pattern still matches itself.
+fn unicode_mode(pattern: &str) -> bool {
+    use regex_syntax::hir::ErrorKind;
+    !matches!(
+        regex_syntax::ParserBuilder::new().utf8(false).build().parse(pattern),
+        Err(regex_syntax::Error::Translate(e)) if *e.kind() == ErrorKind::UnicodeCaseUnavailable
+    )
 }
 
 /// Syntax errors render as several lines (pattern, caret, message); our message already names
@@ -717,5 +734,27 @@ mod tests {
         assert!(!f("%.lua$").matches_relative_names());
         let r = Filter::from_sources(None, Some("^src/")).unwrap().unwrap();
         assert!(!r.matches_relative_names(), "regexes match absolute paths");
+    }
+
+    #[test]
+    fn case_insensitive_patterns_fold_ascii_letters() {
+        let f = |regex: &str| Filter::from_sources(None, Some(regex)).unwrap().unwrap();
+        let insensitive = f(r"(?i)/src/.*\.LUA$");
+        assert!(insensitive.is_match(b"/p/SRC/a/b.lua"));
+        assert!(insensitive.is_match(b"/p/src/b.Lua"));
+        assert!(!insensitive.is_match(b"/p/lib/b.lua"));
+        // The suffix shortcut folds the same letters.
+        let suffix = f(r"(?i)\.LUA$");
+        assert!(suffix.is_match(b"/p/b.lua") && suffix.is_match(b"/p/b.LuA"));
+        assert!(!suffix.rejects_name(b"b.lua"));
+        // A non-ASCII letter matches itself, in either mode.
+        let accented = f("(?i)caf\u{e9}/.*\\.txt$");
+        assert!(accented.is_match("/p/CAF\u{e9}/menu.TXT".as_bytes()));
+        assert!(!accented.is_match(b"/p/cafe/menu.txt"));
+        let plain = f("caf\u{e9}/[^/]+\\.txt$");
+        assert!(plain.is_match("/p/caf\u{e9}/menu.txt".as_bytes()));
+        assert!(!plain.is_match(b"/p/cafe/menu.txt"));
+        // Unicode classes stay Unicode when case is not folded.
+        assert!(f(r"/\w+\.txt$").is_match("/p/\u{e9}t\u{e9}.txt".as_bytes()));
     }
 }

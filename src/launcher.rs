@@ -89,7 +89,10 @@ impl Cli {
                     .long("filter")
                     .value_name("REGEX")
                     .action(ArgAction::Append)
-                    .help("Watch files whose absolute path matches this Rust regex (repeatable)"),
+                    .help(
+                        "Watch files whose absolute path matches this Rust regex (repeatable; \
+                         (?i) folds ASCII letters only)",
+                    ),
             )
             .arg(
                 Arg::new("quiet")

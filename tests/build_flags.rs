@@ -1,6 +1,7 @@
-//! The flags build.rs passes to the nested build of the hook: the launcher's static
-//! linking must not reach the shared library (rustc would drop its crate type and the
-//! build would have no libforkhook.so to embed); every other flag must.
+//! The flags build.rs passes to the nested build of the hook: what makes the launcher
+//! a static, position-dependent executable must not reach the shared library (rustc
+//! would drop its crate type, or the link would fail on code that is not
+//! position-independent); every other flag must.
 
 include!("../build/rustflags.rs");
 
@@ -13,25 +14,48 @@ fn flags(parts: &[&str]) -> String {
 #[test]
 fn crt_static_is_left_out_in_each_spelling() {
     assert_eq!(
-        without_crt_static(&flags(&["-C", "target-feature=+crt-static"])),
+        for_shared_library(&flags(&["-C", "target-feature=+crt-static"])),
         ""
     );
-    assert_eq!(without_crt_static("-Ctarget-feature=+crt-static"), "");
+    assert_eq!(for_shared_library("-Ctarget-feature=+crt-static"), "");
     assert_eq!(
-        without_crt_static(&flags(&["--codegen", "target-feature=+crt-static"])),
+        for_shared_library(&flags(&["--codegen", "target-feature=+crt-static"])),
         ""
     );
-    assert_eq!(without_crt_static(""), "");
+    assert_eq!(for_shared_library(""), "");
+}
+
+#[test]
+fn the_static_relocation_model_is_left_out_in_each_spelling() {
+    assert_eq!(
+        for_shared_library(&flags(&[
+            "-C",
+            "target-feature=+crt-static",
+            "-C",
+            "relocation-model=static"
+        ])),
+        ""
+    );
+    assert_eq!(for_shared_library("-Crelocation-model=static"), "");
+    assert_eq!(
+        for_shared_library(&flags(&["--codegen", "relocation-model=static"])),
+        ""
+    );
+    // Only that model: a position-independent one is what a shared library needs.
+    assert_eq!(
+        for_shared_library(&flags(&["-C", "relocation-model=pic"])),
+        flags(&["-C", "relocation-model=pic"])
+    );
 }
 
 #[test]
 fn other_features_and_flags_pass_through() {
     assert_eq!(
-        without_crt_static("-Ctarget-feature=+crt-static,+avx2"),
+        for_shared_library("-Ctarget-feature=+crt-static,+avx2"),
         "-Ctarget-feature=+avx2"
     );
     assert_eq!(
-        without_crt_static(&flags(&[
+        for_shared_library(&flags(&[
             "-C",
             "target-feature=+avx2,+crt-static",
             "-C",
@@ -49,7 +73,10 @@ fn other_features_and_flags_pass_through() {
         ])
     );
     assert_eq!(
-        without_crt_static(&flags(&["-C", "target-cpu=native"])),
+        for_shared_library(&flags(&["-C", "target-cpu=native"])),
         flags(&["-C", "target-cpu=native"])
     );
+    assert_eq!(for_shared_library("-Copt-level=2"), "-Copt-level=2");
+    // A trailing `-C` with nothing after it is passed on for rustc to report.
+    assert_eq!(for_shared_library("-C"), "-C");
 }
