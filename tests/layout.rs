@@ -47,3 +47,58 @@ fn only_the_library_exports_the_hooked_functions() {
         );
     }
 }
+
+/// The shared libraries `path` names as needed (its DT_NEEDED entries).
+fn needed_libraries(path: &std::path::Path) -> Vec<String> {
+    let output = Command::new("readelf")
+        .args(["-d", "-W"])
+        .arg(path)
+        .output()
+        .expect("run readelf");
+    assert!(
+        output.status.success(),
+        "readelf {}: {output:?}",
+        path.display()
+    );
+    // "0x...01 (NEEDED)  Shared library: [libc.so.6]"
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| Some(l.split_once('[')?.1.split_once(']')?.0.to_string()))
+        .collect()
+}
+
+/// Every program the library is preloaded into loads what it needs: libgcc_s would
+/// cost each one its constructor's `cpuid` queries (see hook/build.rs), so the
+/// unwinder is linked in, wherever the toolchain has it to link.
+#[test]
+fn the_library_needs_only_the_c_library_and_the_loader() {
+    if !require_tool("readelf") || !require_tool("gcc") {
+        return;
+    }
+    let archive = Command::new("gcc")
+        .arg("-print-file-name=libgcc_eh.a")
+        .output()
+        .expect("run gcc");
+    let archive = String::from_utf8_lossy(&archive.stdout).trim().to_string();
+    if !std::path::Path::new(&archive).is_absolute() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "gcc has no libgcc_eh.a in CI"
+        );
+        eprintln!("SKIPPED: gcc has no libgcc_eh.a, the library uses libgcc_s");
+        return;
+    }
+    let needed = needed_libraries(&library_path());
+    assert!(
+        needed.iter().any(|n| n.starts_with("libc.so")),
+        "no libc among {needed:?}"
+    );
+    for name in &needed {
+        assert!(
+            name.starts_with("libc.so") || name.starts_with("ld-linux"),
+            "libforkhook.so needs {name} (all: {needed:?})"
+        );
+    }
+}
