@@ -12,8 +12,8 @@
 //! So the run counts both. Forks are timed. Copies are counted: the minor faults taken
 //! since the newest checkpoint, less those that brought in new memory (the growth of
 //! the anonymous resident pages), at most one per page the checkpoint shares, times the
-//! cost of one copy measured at session start. A checkpoint is taken only if all of
-//! that stays within a share of the time the run has been going. What the next one will
+//! cost of one copy (timed once, the first time a copy is charged). A checkpoint is
+//! taken only if all of that stays within a share of the time the run has been going. What the next one will
 //! cost is not predicted (see `Spending::afford`).
 //!
 //! The first checkpoint is not charged: it is the session's start, taken whatever the
@@ -39,12 +39,10 @@ use std::time::Duration;
 /// more of the run's time at the least.
 const RECHECK: Duration = Duration::from_millis(1);
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Spending {
     /// Forks, and the copies of the intervals between checkpoints already closed.
     pub spent: Duration,
-    /// Time to copy one page on write, measured at session start.
-    pub page_copy: Duration,
     /// The run's minor fault count just after the newest checkpoint.
     pub faults_at_checkpoint: u64,
     /// Anonymous pages the newest checkpoint shares with the run.
@@ -71,6 +69,8 @@ pub struct Limits {
 pub trait Meter {
     fn minor_faults(&mut self) -> u64;
     fn anonymous_pages(&mut self) -> u64;
+    /// Time to copy one page on write.
+    fn page_copy(&mut self) -> Duration;
 }
 
 /// The outcome of [`Spending::afford`].
@@ -88,17 +88,9 @@ pub enum Verdict {
 impl Spending {
     /// At session start, before any checkpoint. Nothing is measured until a copy can
     /// be charged (after the second checkpoint): the first run pays for no system call
-    /// it does not need.
-    pub fn new(page_copy: Duration) -> Spending {
-        Spending {
-            spent: Duration::ZERO,
-            page_copy,
-            faults_at_checkpoint: 0,
-            shared_pages: 0,
-            next_check: Duration::ZERO,
-            newest_at: Duration::ZERO,
-            charging: false,
-        }
+    /// it does not need, nor for timing a copy.
+    pub fn new() -> Spending {
+        Spending::default()
     }
 
     /// The run forked from the first checkpoint, taken `at` into the run: nothing
@@ -173,7 +165,6 @@ impl Spending {
     ) -> Spending {
         Spending {
             spent: self.spent + closing + fork,
-            page_copy: self.page_copy,
             faults_at_checkpoint: faults,
             shared_pages: pages,
             next_check: Duration::ZERO,
@@ -188,7 +179,10 @@ impl Spending {
             return Duration::ZERO;
         }
         let pages = meter.anonymous_pages();
-        self.page_copy * self.copied(meter.minor_faults(), pages) as u32
+        match self.copied(meter.minor_faults(), pages) {
+            0 => Duration::ZERO,
+            copied => meter.page_copy() * copied as u32,
+        }
     }
 
     /// What checkpoints have cost so far, with the copies of the open interval.
@@ -205,6 +199,7 @@ mod tests {
         faults: u64,
         pages: u64,
         asked_pages: usize,
+        asked_copy: usize,
     }
 
     impl Meter for Fake {
@@ -215,6 +210,10 @@ mod tests {
             self.asked_pages += 1;
             self.pages
         }
+        fn page_copy(&mut self) -> Duration {
+            self.asked_copy += 1;
+            3 * US
+        }
     }
 
     fn meter(faults: u64, pages: u64) -> Fake {
@@ -222,6 +221,7 @@ mod tests {
             faults,
             pages,
             asked_pages: 0,
+            asked_copy: 0,
         }
     }
 
@@ -229,7 +229,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn after_one(shared: u64) -> Spending {
-        Spending::new(3 * US).after_checkpoint(MS, Duration::ZERO, 200 * US, 0, shared)
+        Spending::new().after_checkpoint(MS, Duration::ZERO, 200 * US, 0, shared)
     }
 
     fn share(share: f64) -> Limits {
@@ -304,7 +304,7 @@ mod tests {
     #[test]
     fn a_share_of_zero_takes_none_after_the_first() {
         // Right after the first checkpoint: nothing spent, nothing charged.
-        let mut s = Spending::new(3 * US).after_first_checkpoint(MS);
+        let mut s = Spending::new().after_first_checkpoint(MS);
         let mut m = meter(0, 2_000);
         assert_eq!(
             s.afford(Duration::from_secs(5), share(0.0), &mut m),
@@ -314,6 +314,17 @@ mod tests {
             s.afford(Duration::from_secs(5), share(0.01), &mut m),
             Verdict::Take { .. }
         ));
+    }
+
+    #[test]
+    fn a_copy_is_timed_only_once_there_is_one_to_charge() {
+        let s = after_one(100);
+        let mut m = meter(0, 100);
+        assert_eq!(s.open(&mut m), Duration::ZERO);
+        assert_eq!(m.asked_copy, 0, "no copy yet, none timed");
+        m.faults = 10;
+        assert_eq!(s.open(&mut m), 30 * US);
+        assert_eq!(m.asked_copy, 1);
     }
 
     #[test]
@@ -336,7 +347,7 @@ mod tests {
     fn the_first_checkpoint_and_the_copies_after_it_are_not_charged() {
         // A Python-like early heap of 2,000 pages, all rewritten after checkpoint 1
         // (6 ms of copies): a checkpoint is still affordable at 300 ms with 1%.
-        let mut s = Spending::new(3 * US).after_first_checkpoint(MS);
+        let mut s = Spending::new().after_first_checkpoint(MS);
         let mut m = meter(30_000, 30_000);
         m.faults = 2_000 + 28_000;
         assert_eq!(
@@ -347,7 +358,8 @@ mod tests {
         );
         assert_eq!(s.total(&mut m), Duration::ZERO);
         assert_eq!(
-            m.asked_pages, 0,
+            (m.asked_pages, m.asked_copy),
+            (0, 0),
             "nothing measured while nothing is charged"
         );
         // After a second one, copies count again.

@@ -41,7 +41,7 @@ use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -287,8 +287,6 @@ fn start_session(opened: Option<RawFd>) -> io::Result<SessionState> {
     // Blocked before the fork: a Ctrl-C that reaches the coordinator before it got to
     // run must wait in its signalfd, not kill it (or run the program's handler).
     let program_mask = parked_signals().block();
-    // Pages shared by this fork, to time a copy-on-write fault on this machine.
-    let probe = sys::CowProbe::new();
     let forked = sys::fork();
     if !matches!(forked, Ok(Fork::Parent(_))) {
         program_mask.set_mask();
@@ -301,17 +299,13 @@ fn start_session(opened: Option<RawFd>) -> io::Result<SessionState> {
                 // grown (and every name hashed again) a dozen times during the run.
                 p.reserve(FILES_EXPECTED);
             }
-            let page_copy = probe
-                .as_ref()
-                .map_or(DEFAULT_PAGE_COPY, sys::CowProbe::time_copy);
-            drop(probe);
             Ok(SessionState {
                 up: member_end.into_raw_fd(),
                 up_inode,
                 epoch: 0,
                 checkpoint: 0,
                 origin: hook::start_time(),
-                spending: Spending::new(page_copy),
+                spending: Spending::new(),
                 depth: 0,
             })
         }
@@ -320,8 +314,7 @@ fn start_session(opened: Option<RawFd>) -> io::Result<SessionState> {
             if let Some(fd) = opened {
                 sys::close(fd);
             }
-            // The probe's pages stay shared while the run times its copies.
-            coordinator::run(coordinator_end, probe)
+            coordinator::run(coordinator_end)
         }
     }
 }
@@ -335,6 +328,33 @@ impl Meter for LiveMeter {
     }
     fn anonymous_pages(&mut self) -> u64 {
         sys::anonymous_pages().unwrap_or(0)
+    }
+    /// Timed once, on the probe armed before the second checkpoint, whose pages the
+    /// checkpoints since share (a run resumed from one taken before times its own). Two
+    /// threads asking at once: the one that finds the probe taken uses the default.
+    fn page_copy(&mut self) -> Duration {
+        match PAGE_COPY_NS.load(Ordering::Relaxed) {
+            0 => {}
+            ns => return Duration::from_nanos(ns),
+        }
+        let time = sys::CowProbe::take_armed().map_or(DEFAULT_PAGE_COPY, |p| p.time_copy());
+        PAGE_COPY_NS.store((time.as_nanos() as u64).max(1), Ordering::Relaxed);
+        time
+    }
+}
+
+/// The time of a copy-on-write fault on this machine, once timed (0 before).
+static PAGE_COPY_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Before a checkpoint whose copies are charged (any but the first): pages it will
+/// share, for `LiveMeter::page_copy` to time a copy on. Not at session start, where
+/// it cost every session 140 µs (mapping, 16 faults, then 16 copies) that the runs
+/// which take one checkpoint never use.
+fn arm_page_copy_probe() {
+    if PAGE_COPY_NS.load(Ordering::Relaxed) == 0 && !sys::CowProbe::armed() {
+        if let Some(probe) = sys::CowProbe::new() {
+            probe.arm();
+        }
     }
 }
 
@@ -380,6 +400,9 @@ fn take(
     threads: usize,
 ) -> io::Result<SessionState> {
     let began = Instant::now();
+    if session.depth > 0 {
+        arm_page_copy_probe();
+    }
     sys::flush_stdio();
     let offsets = record_offsets();
     let (orders, orders_for_coordinator) = sys::pipe()?;

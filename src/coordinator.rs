@@ -160,13 +160,10 @@ struct Coordinator {
     runs_started: u64,
     /// Messages came since memory was last given back (see `tidy`).
     untidy: bool,
-    /// The copy-on-write probe (see `checkpoint::start_session`), shared with the first
-    /// run until it has timed its copies, which it does before it says anything.
-    probe: Option<sys::CowProbe>,
 }
 
 /// Becomes the coordinator, talking to the session's processes over `sock`.
-pub(crate) fn run(sock: OwnedFd, probe: Option<sys::CowProbe>) -> ! {
+pub(crate) fn run(sock: OwnedFd) -> ! {
     let Some(settings) = hook::settings() else {
         sys::exit_now(1)
     };
@@ -236,7 +233,6 @@ pub(crate) fn run(sock: OwnedFd, probe: Option<sys::CowProbe>) -> ! {
         next_skipped: Duration::ZERO,
         runs_started: 0,
         untidy: true,
-        probe,
     };
     coordinator.serve()
 }
@@ -646,8 +642,6 @@ impl Coordinator {
             return;
         }
         self.untidy = false;
-        // Something came from the first run, so it has timed its copies.
-        self.probe = None;
         sys::release_file_pages();
         sys::trim_heap();
     }

@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 pub type Pid = libc::pid_t;
@@ -1033,6 +1033,11 @@ pub struct CowProbe {
     base: *mut u8,
 }
 
+/// The probe [`CowProbe::arm`] kept in this process, until [`CowProbe::take_armed`];
+/// null when there is none. An atomic rather than a lock: a fork while another thread
+/// held a lock would leave it held forever in the child.
+static ARMED_PROBE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+
 const PROBE_PAGES: usize = 16;
 
 fn page_size() -> usize {
@@ -1067,6 +1072,28 @@ impl CowProbe {
             unsafe { base.add(page * page_size()).write_volatile(1) };
         }
         Some(CowProbe { base })
+    }
+
+    /// Keeps the probe in this process, and in every process forked from it, until
+    /// [`CowProbe::take_armed`].
+    pub fn arm(self) {
+        let earlier = ARMED_PROBE.swap(self.base, Ordering::AcqRel);
+        // The mapping now belongs to ARMED_PROBE.
+        std::mem::forget(self);
+        if !earlier.is_null() {
+            drop(CowProbe { base: earlier });
+        }
+    }
+
+    /// Whether a probe is armed in this process.
+    pub fn armed() -> bool {
+        !ARMED_PROBE.load(Ordering::Acquire).is_null()
+    }
+
+    /// The probe armed in this process, to the first caller only.
+    pub fn take_armed() -> Option<CowProbe> {
+        let base = ARMED_PROBE.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        (!base.is_null()).then_some(CowProbe { base })
     }
 
     /// In a process forked after [`CowProbe::new`]: the median time to write to a page
