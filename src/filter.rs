@@ -94,8 +94,10 @@ impl Filter {
         // unbalanced `)` could close the wrapper and silently change the meaning
         // instead of being reported. One that is a set of suffixes parsed already.
         let mut alone = None;
+        // Parsed once: the whole filter when it is the native regex alone, the usual case.
+        let native_suffixes = native.and_then(suffix_set);
         if let Some(native) = native {
-            if suffix_set(native).is_none() {
+            if native_suffixes.is_none() {
                 alone = Some(build(native).map_err(|e| FilterError::Regex {
                     pattern: native.to_string(),
                     reason: one_line(&e),
@@ -114,7 +116,11 @@ impl Filter {
             Some(native) if lua.is_empty() => native.to_string(),
             _ => alternatives.join("|"),
         };
-        let matcher = match (suffix_set(&pattern), alone) {
+        let suffixes = match native {
+            Some(_) if lua.is_empty() => native_suffixes,
+            _ => suffix_set(&pattern),
+        };
+        let matcher = match (suffixes, alone) {
             (Some(suffixes), _) => Matcher::Suffixes(suffixes),
             (None, Some(regex)) if lua.is_empty() => Matcher::Regex(regex),
             // Translations are valid by construction and the native regex compiled
@@ -183,12 +189,7 @@ impl Filter {
 fn suffix_set(pattern: &str) -> Option<Vec<Vec<u8>>> {
     use regex_syntax::hir::literal::{ExtractKind, Extractor};
     use regex_syntax::hir::Look;
-    let hir = regex_syntax::ParserBuilder::new()
-        .utf8(false)
-        .unicode(unicode_mode(pattern))
-        .build()
-        .parse(pattern)
-        .ok()?;
+    let hir = parse(pattern)?;
     let props = hir.properties();
     let only_end = props.look_set().remove(Look::End).is_empty();
     if !only_end || !props.look_set_suffix().contains(Look::End) {
@@ -222,11 +223,46 @@ fn build(pattern: &str) -> Result<Regex, regex::Error> {
 /// launcher. Without Unicode mode `.` matches any byte and `\w`, `\d`, `\s` are ASCII
 /// classes; a non-ASCII letter in the pattern still matches itself.
 fn unicode_mode(pattern: &str) -> bool {
+    !matches!(parse_in(pattern, true), Parsed::NeedsAsciiMode)
+}
+
+/// How a pattern parses in one mode.
+enum Parsed {
+    Tree(regex_syntax::hir::Hir),
+    /// It asks for Unicode case folding, which is left out (see [`unicode_mode`]).
+    NeedsAsciiMode,
+    Invalid,
+}
+
+/// `pattern` parsed as it is compiled (see [`unicode_mode`]), a second time only when
+/// it must be in ASCII mode; `None` if it does not parse.
+fn parse(pattern: &str) -> Option<regex_syntax::hir::Hir> {
+    let parsed = match parse_in(pattern, true) {
+        Parsed::NeedsAsciiMode => parse_in(pattern, false),
+        parsed => parsed,
+    };
+    match parsed {
+        Parsed::Tree(hir) => Some(hir),
+        Parsed::NeedsAsciiMode | Parsed::Invalid => None,
+    }
+}
+
+fn parse_in(pattern: &str, unicode: bool) -> Parsed {
     use regex_syntax::hir::ErrorKind;
-    !matches!(
-        regex_syntax::ParserBuilder::new().utf8(false).build().parse(pattern),
-        Err(regex_syntax::Error::Translate(e)) if *e.kind() == ErrorKind::UnicodeCaseUnavailable
-    )
+    let parsed = regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .unicode(unicode)
+        .build()
+        .parse(pattern);
+    match parsed {
+        Ok(hir) => Parsed::Tree(hir),
+        Err(regex_syntax::Error::Translate(e))
+            if *e.kind() == ErrorKind::UnicodeCaseUnavailable =>
+        {
+            Parsed::NeedsAsciiMode
+        }
+        Err(_) => Parsed::Invalid,
+    }
 }
 
 /// Syntax errors render as several lines (pattern, caret, message); our message already names
