@@ -31,6 +31,16 @@
 //! for its checkpoints again, each a fork and then the copies (about 1 ms for that Lua
 //! run), so the gap is a trade of a one-off against a cost on every run.
 //!
+//! Nor is one taken while the program is loading, that is while the files it reads
+//! come less than half the gap apart: it waits for the first file read after a pause,
+//! or for ten gaps after the newest (1 s by default). A pause is where a stretch of the
+//! program's own work ends (a framework built, a fixture loaded, big headers parsed):
+//! a checkpoint there saves a resume that whole stretch. One in the middle of a burst
+//! of imports saves little more than the one before it, and costs the same: a fork,
+//! then copies of what the rest of the burst rewrites, which used up the share a dev
+//! server needed for the checkpoint after its framework when a loaded machine made
+//! its interpreter's own start outlast the gap (tests/hygiene.rs, with both CPUs busy).
+//!
 //! Pure arithmetic: the run passes in what it measured, so every rule is unit-tested.
 
 use std::time::Duration;
@@ -54,6 +64,8 @@ pub struct Spending {
     pub newest_at: Duration,
     /// Whether copies since the newest checkpoint are charged (not after the first).
     pub charging: bool,
+    /// Time into the run of the previous first access (see [`Spending::accessed`]).
+    pub last_access: Duration,
 }
 
 /// What a run may spend on checkpoints.
@@ -63,6 +75,19 @@ pub struct Limits {
     pub share: f64,
     /// No checkpoint closer than this after the newest (unless the share is 1).
     pub min_gap: Duration,
+}
+
+impl Limits {
+    /// Files read closer together than this are a program loading: no checkpoint
+    /// between them (see the module's notes).
+    pub fn loading(&self) -> Duration {
+        self.min_gap / 2
+    }
+
+    /// How long after the newest checkpoint one waits for the program to pause.
+    pub fn longest_wait(&self) -> Duration {
+        self.min_gap * 10
+    }
 }
 
 /// What the run measures, asked for only when needed.
@@ -83,6 +108,9 @@ pub enum Verdict {
     Skip,
     /// Not now: the newest checkpoint is less than the minimum gap before.
     Near,
+    /// Not now: the program is loading (the previous file was read just before); one
+    /// waits for a pause.
+    Loading,
 }
 
 impl Spending {
@@ -102,8 +130,14 @@ impl Spending {
             newest_at: at,
             next_check: Duration::ZERO,
             charging: false,
+            last_access: at,
             ..*self
         }
+    }
+
+    /// The run made a first access `at` into the run (whatever was decided for it).
+    pub fn accessed(&mut self, at: Duration) {
+        self.last_access = at;
     }
 
     /// Can a run `elapsed` into its work afford one more checkpoint now?
@@ -115,9 +149,14 @@ impl Spending {
                 closing: self.open(meter),
             };
         }
-        // Checked first: it needs no measurement.
+        // Checked first: they need no measurement.
         if elapsed < self.newest_at + limits.min_gap {
             return Verdict::Near;
+        }
+        if elapsed < self.last_access + limits.loading()
+            && elapsed < self.newest_at + limits.longest_wait()
+        {
+            return Verdict::Loading;
         }
         if elapsed < self.next_check {
             return Verdict::Skip;
@@ -170,6 +209,7 @@ impl Spending {
             next_check: Duration::ZERO,
             newest_at: at,
             charging: true,
+            last_access: at,
         }
     }
 
@@ -325,6 +365,53 @@ mod tests {
         m.faults = 10;
         assert_eq!(s.open(&mut m), 30 * US);
         assert_eq!(m.asked_copy, 1);
+    }
+
+    #[test]
+    fn while_the_program_loads_a_checkpoint_waits_for_a_pause() {
+        let limits = Limits {
+            share: 0.03,
+            min_gap: 100 * MS,
+        };
+        let mut s = after_one(10);
+        let mut m = meter(0, 10);
+        // Files read a millisecond apart, past the gap: the program is loading.
+        for t in 2..=150 {
+            let at = t * MS;
+            let verdict = s.afford(at, limits, &mut m);
+            let expected = match t {
+                ..=100 => Verdict::Near,
+                _ => Verdict::Loading,
+            };
+            assert_eq!(verdict, expected, "at {t} ms");
+            s.accessed(at);
+        }
+        assert_eq!(m.asked_pages, 0, "nothing measured while it loads");
+        // Then 50 ms of its own work, the half gap: the next file gets one.
+        assert!(matches!(
+            s.afford(200 * MS, limits, &mut m),
+            Verdict::Take { .. }
+        ));
+    }
+
+    #[test]
+    fn a_program_that_never_pauses_gets_one_ten_gaps_after_the_newest() {
+        let limits = Limits {
+            share: 0.03,
+            min_gap: 100 * MS,
+        };
+        let mut s = after_one(10);
+        let mut m = meter(0, 10);
+        let mut taken = None;
+        for t in 2..=1500 {
+            let at = t * MS;
+            if let Verdict::Take { .. } = s.afford(at, limits, &mut m) {
+                taken = Some(t);
+                break;
+            }
+            s.accessed(at);
+        }
+        assert_eq!(taken, Some(1001), "the newest was at 1 ms");
     }
 
     #[test]

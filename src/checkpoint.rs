@@ -208,6 +208,10 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
                     "the newest, {} earlier, is near enough",
                     human(elapsed.saturating_sub(session.spending.newest_at)),
                 ),
+                Verdict::Loading => format!(
+                    "loading: the file before was read {} earlier; one waits for a pause",
+                    human(elapsed.saturating_sub(session.spending.last_access)),
+                ),
                 _ => format!(
                     "budget: checkpoints took {} of {}",
                     human(session.spending.total(&mut LiveMeter)),
@@ -226,7 +230,7 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
     {
         let closing = match verdict {
             Verdict::Take { closing } => closing,
-            Verdict::Skip | Verdict::Near => Duration::ZERO,
+            Verdict::Skip | Verdict::Near | Verdict::Loading => Duration::ZERO,
         };
         match take(session, file, opened, closing, threads) {
             Ok(resumed) => {
@@ -245,6 +249,7 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
             )),
         }
     }
+    session.spending.accessed(elapsed);
     if let Some(p) = process().as_mut() {
         p.session = Some(session);
     }

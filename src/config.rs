@@ -203,13 +203,15 @@ pub const DEFAULT_SETTLE_MS: u64 = 3;
 /// With the minimum gap and the first checkpoint free (see `budget`), this matters to
 /// runs with big heaps: a Python project of 100 MiB took one or two checkpoints after
 /// its first with 3%, which cost it 3 to 5% (their copies are counted as they come, so
-/// one can overshoot), and none with 1%. A dev server on a loaded machine still gets
-/// its checkpoint after the framework with 1% now that the gap is 100 ms (with 50 ms
-/// one landed in the framework's load, and its copies used up the allowance).
+/// one can overshoot), and none with 1%. A dev server on a loaded machine gets its
+/// checkpoint after the framework with 1% since checkpoints wait for a pause in the
+/// program's loading (with a 50 ms gap, then with 100 ms as its interpreter's own start
+/// outlasted that, one landed while it loaded, and its copies used up the allowance).
 pub const DEFAULT_TIME_SHARE: f64 = 0.01;
 /// Resuming from a checkpoint this much earlier than the best one goes unnoticed
 /// (about the limit of what feels instant), and only the first edit of a file pays
-/// it: the resumed run takes a checkpoint right before that file.
+/// it: the resumed run takes a checkpoint right before that file. It also sets how
+/// long a loading program is waited for (see `budget::Limits`): up to 1 s.
 pub const DEFAULT_CHECKPOINT_GAP_MS: u64 = 100;
 pub const DEFAULT_MAX_CHECKPOINTS: usize = 64;
 pub const DEFAULT_MEMORY_SHARE: f64 = 0.5;

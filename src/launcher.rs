@@ -42,7 +42,9 @@ Environment (also read without the launcher):
   FORKHOOK_THREADS      checkpoint (default) or skip, when the program runs threads
   FORKHOOK_CHECKPOINT_SHARE  share of run time checkpoints may cost (default 0.01;
                              1: a checkpoint before every file)
-  FORKHOOK_CHECKPOINT_GAP_MS least time (ms) between two checkpoints (default 100)
+  FORKHOOK_CHECKPOINT_GAP_MS least time (ms) between two checkpoints (default 100);
+                             while files come less than half of it apart, the
+                             next one waits for a pause, up to ten times it
   FORKHOOK_MAX_CHECKPOINTS   most checkpoints alive at once (default 64)
 
 Exit status: the session's (128 + signal when stopped by Ctrl-C, SIGTERM, SIGHUP);
