@@ -367,12 +367,16 @@ mod tests {
         assert_eq!(m.asked_copy, 1);
     }
 
-    #[test]
-    fn while_the_program_loads_a_checkpoint_waits_for_a_pause() {
-        let limits = Limits {
+    fn gap_of_100_ms() -> Limits {
+        Limits {
             share: 0.03,
             min_gap: 100 * MS,
-        };
+        }
+    }
+
+    #[test]
+    fn while_the_program_loads_a_checkpoint_waits_for_a_pause() {
+        let limits = gap_of_100_ms();
         let mut s = after_one(10);
         let mut m = meter(0, 10);
         // Files read a millisecond apart, past the gap: the program is loading.
@@ -396,10 +400,7 @@ mod tests {
 
     #[test]
     fn a_program_that_never_pauses_gets_one_ten_gaps_after_the_newest() {
-        let limits = Limits {
-            share: 0.03,
-            min_gap: 100 * MS,
-        };
+        let limits = gap_of_100_ms();
         let mut s = after_one(10);
         let mut m = meter(0, 10);
         let mut taken = None;

@@ -6,19 +6,23 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn defined_dynamic_symbols(path: &std::path::Path) -> Vec<String> {
-    let output = Command::new("nm")
-        .args(["-D", "--defined-only"])
+/// What `tool args path` prints, asserting that it succeeded.
+fn output_of(tool: &str, args: &[&str], path: &std::path::Path) -> String {
+    let output = Command::new(tool)
+        .args(args)
         .arg(path)
         .output()
-        .expect("run nm");
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
     assert!(
         output.status.success(),
-        "nm {}: {:?}",
-        path.display(),
-        output
+        "{tool} {}: {output:?}",
+        path.display()
     );
-    String::from_utf8_lossy(&output.stdout)
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn defined_dynamic_symbols(path: &std::path::Path) -> Vec<String> {
+    output_of("nm", &["-D", "--defined-only"], path)
         .lines()
         .filter_map(|l| l.split_whitespace().last().map(str::to_string))
         .collect()
@@ -50,18 +54,8 @@ fn only_the_library_exports_the_hooked_functions() {
 
 /// The shared libraries `path` names as needed (its DT_NEEDED entries).
 fn needed_libraries(path: &std::path::Path) -> Vec<String> {
-    let output = Command::new("readelf")
-        .args(["-d", "-W"])
-        .arg(path)
-        .output()
-        .expect("run readelf");
-    assert!(
-        output.status.success(),
-        "readelf {}: {output:?}",
-        path.display()
-    );
     // "0x...01 (NEEDED)  Shared library: [libc.so.6]"
-    String::from_utf8_lossy(&output.stdout)
+    output_of("readelf", &["-d", "-W"], path)
         .lines()
         .filter(|l| l.contains("(NEEDED)"))
         .filter_map(|l| Some(l.split_once('[')?.1.split_once(']')?.0.to_string()))
