@@ -256,3 +256,50 @@ fn files_near_a_checkpoint_share_it_until_one_is_edited() {
     s.expect_stderr("run exited", T);
     assert_eq!(s.count_stdout("a1 b"), 3, "{}", s.transcript());
 }
+
+/// A program that loads 200 modules without a pause, past the gap, then works for a
+/// while before it reads the module being edited: no checkpoint in the middle of the
+/// loading ("loading:", the files come less than half the gap apart), one before the
+/// module read after the pause, and an edit of it resumes from there, without loading
+/// the 200 modules again.
+#[test]
+fn checkpoints_wait_for_a_pause_in_the_loading() {
+    let _l = lock();
+    if !require_tool("lua5.4") {
+        return;
+    }
+    let dir = TempDir::new("budget-loading");
+    // About 0.2 ms each: a burst of 40 ms or more, past the 20 ms gap.
+    modules(&dir, 200, 20_000);
+    let main = std::fs::read_to_string(dir.join("main.lua")).expect("main.lua");
+    let main = main.replace(
+        "print('total ' .. total)\n",
+        "print('loaded ' .. total)\n\
+         local t = os.clock() while os.clock() - t < 0.3 do end\n\
+         print(require('edited'))\n",
+    );
+    dir.write("main.lua", &main);
+    dir.write("edited.lua", "return 'edited v1'\n");
+    let mut s = Session::start(
+        forkhook_command()
+            .args(["-v", "-e", "lua", "--", "lua5.4", "main.lua"])
+            .current_dir(&dir.path)
+            // Loading: files less than 10 ms apart; a checkpoint waits up to 200 ms.
+            .env("FORKHOOK_CHECKPOINT_GAP_MS", "20"),
+    );
+    let edited = dir.join("edited.lua").display().to_string();
+    s.expect_stderr(&format!("before {edited} ("), T);
+    s.expect_stdout("edited v1", T);
+    s.expect_stderr("run exited", T);
+    assert!(
+        s.count_stderr("one waits for a pause") > 0,
+        "no file was left without a checkpoint while the program loaded\n{}",
+        s.transcript()
+    );
+
+    save_rename_over(&dir.join("edited.lua"), "return 'edited v2'\n");
+    s.expect_stderr("edited.lua changed: resuming from checkpoint", T);
+    s.expect_stdout("edited v2", T);
+    s.expect_stderr("run exited", T);
+    assert_eq!(s.count_stdout("loaded 20100"), 1, "{}", s.transcript());
+}
