@@ -13,8 +13,8 @@
 //! since the newest checkpoint, less those that brought in new memory (the growth of
 //! the anonymous resident pages), at most one per page the checkpoint shares, times the
 //! cost of one copy (timed once, the first time a copy is charged). A checkpoint is
-//! taken only if all of that stays within a share of the time the run has been going. What the next one will
-//! cost is not predicted (see `Spending::afford`).
+//! taken only if all of that stays within a share of the time the run has been going.
+//! What the next one will cost is not predicted (see `Spending::afford`).
 //!
 //! The first checkpoint is not charged: it is the session's start, taken whatever the
 //! budget says, and so are the copies the run makes of the pages it shares with it.
@@ -49,6 +49,10 @@ use std::time::Duration;
 /// more of the run's time at the least.
 const RECHECK: Duration = Duration::from_millis(1);
 
+/// What checkpoints have cost a branch of runs. `Spending::default()` is the session's
+/// start, before any checkpoint: nothing is measured until a copy can be charged (after
+/// the second checkpoint), so the first run pays for no system call it does not need,
+/// nor for timing a copy.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Spending {
     /// Forks, and the copies of the intervals between checkpoints already closed.
@@ -114,13 +118,6 @@ pub enum Verdict {
 }
 
 impl Spending {
-    /// At session start, before any checkpoint. Nothing is measured until a copy can
-    /// be charged (after the second checkpoint): the first run pays for no system call
-    /// it does not need, nor for timing a copy.
-    pub fn new() -> Spending {
-        Spending::default()
-    }
-
     /// The run forked from the first checkpoint, taken `at` into the run: nothing
     /// spent yet, and the copies that follow are not charged (see the module's notes),
     /// so they are not counted either.
@@ -269,7 +266,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn after_one(shared: u64) -> Spending {
-        Spending::new().after_checkpoint(MS, Duration::ZERO, 200 * US, 0, shared)
+        Spending::default().after_checkpoint(MS, Duration::ZERO, 200 * US, 0, shared)
     }
 
     fn share(share: f64) -> Limits {
@@ -344,7 +341,7 @@ mod tests {
     #[test]
     fn a_share_of_zero_takes_none_after_the_first() {
         // Right after the first checkpoint: nothing spent, nothing charged.
-        let mut s = Spending::new().after_first_checkpoint(MS);
+        let mut s = Spending::default().after_first_checkpoint(MS);
         let mut m = meter(0, 2_000);
         assert_eq!(
             s.afford(Duration::from_secs(5), share(0.0), &mut m),
@@ -435,7 +432,7 @@ mod tests {
     fn the_first_checkpoint_and_the_copies_after_it_are_not_charged() {
         // A Python-like early heap of 2,000 pages, all rewritten after checkpoint 1
         // (6 ms of copies): a checkpoint is still affordable at 300 ms with 1%.
-        let mut s = Spending::new().after_first_checkpoint(MS);
+        let mut s = Spending::default().after_first_checkpoint(MS);
         let mut m = meter(30_000, 30_000);
         m.faults = 2_000 + 28_000;
         assert_eq!(

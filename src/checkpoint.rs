@@ -310,7 +310,7 @@ fn start_session(opened: Option<RawFd>) -> io::Result<SessionState> {
                 epoch: 0,
                 checkpoint: 0,
                 origin: hook::start_time(),
-                spending: Spending::new(),
+                spending: Spending::default(),
                 depth: 0,
             })
         }

@@ -16,7 +16,7 @@ use crate::fingerprint::{Fingerprint, Identity};
 use crate::path;
 use crate::report::Reporter;
 use crate::sys;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -372,8 +372,10 @@ struct Name {
 const RECENT_SLOTS: usize = 16;
 
 thread_local! {
-    static RECENT: RefCell<[Option<(PathKey, u64)>; RECENT_SLOTS]> =
-        const { RefCell::new([None; RECENT_SLOTS]) };
+    // A `Cell` per slot: reading or writing one is a plain copy, with no borrow state
+    // that a signal handler's nested call could find taken.
+    static RECENT: [Cell<Option<(PathKey, u64)>>; RECENT_SLOTS] =
+        const { [const { Cell::new(None) }; RECENT_SLOTS] };
 }
 
 impl Name {
@@ -389,17 +391,13 @@ impl Name {
     fn recently_known(&self) -> bool {
         let (index, entry) = self.slot();
         RECENT
-            .try_with(|recent| recent.try_borrow().is_ok_and(|r| r[index] == Some(entry)))
+            .try_with(|recent| recent[index].get() == Some(entry))
             .unwrap_or(false)
     }
 
     fn note_known(&self) {
         let (index, entry) = self.slot();
-        let _ = RECENT.try_with(|recent| {
-            if let Ok(mut r) = recent.try_borrow_mut() {
-                r[index] = Some(entry);
-            }
-        });
+        let _ = RECENT.try_with(|recent| recent[index].set(Some(entry)));
     }
 }
 
