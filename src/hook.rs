@@ -23,6 +23,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -308,6 +309,11 @@ pub enum Then {
 /// Called after a real `open`/`stat`/... succeeded, before its result reaches the
 /// program. Checking afterwards costs nothing for the many paths that do not exist
 /// (module searches): their result already says so.
+///
+/// This part runs on every successful call, so it does only what answers the two
+/// common cases: a name that cannot match, and a file already handled. It takes no
+/// lock, calls nothing that is hooked, and leaves `errno` alone.
+#[inline]
 pub fn after_access(dirfd: RawFd, path: &CStr, intent: Intent, found: Found) -> Then {
     let Some(settings) = SETTINGS.get() else {
         return Then::Return;
@@ -326,11 +332,23 @@ pub fn after_access(dirfd: RawFd, path: &CStr, intent: Intent, found: Found) -> 
         absolute,
         cwd: path::cwd_generation(),
     });
-    // Asked first without the process-wide lock: this thread may have found the name
-    // known already (nothing here calls a hooked function, so no guard either).
     if name.as_ref().is_some_and(Name::recently_known) {
         return Then::Return;
     }
+    not_known_lately(settings, dirfd, path, name, found)
+}
+
+/// The rest of [`after_access`]: the process's own memory of names, under its lock,
+/// then the absolute path and the filter. Kept out of line so that the common case
+/// above has a small frame.
+#[inline(never)]
+fn not_known_lately(
+    settings: &Settings,
+    dirfd: RawFd,
+    path: &CStr,
+    name: Option<Name>,
+    found: Found,
+) -> Then {
     let Some(_guard) = Guard::enter() else {
         return Then::Return;
     };
@@ -340,6 +358,7 @@ pub fn after_access(dirfd: RawFd, path: &CStr, intent: Intent, found: Found) -> 
             return Then::Return;
         }
     }
+    let given = path.to_bytes();
     path::with_absolute(dirfd, path, |abs| {
         // forkmon matched the name as the program passed it; a pattern anchored to a
         // relative name (`^src/`) must keep working, so a relative name is tried too.
@@ -363,41 +382,38 @@ struct Name {
     cwd: u64,
 }
 
-/// Names each thread found known lately, in slots picked by their hash. A process
-/// never forgets a name, but a relative one when the program changes directory, so a
-/// slot holds the directory generation a relative name was known under. A fork copies
-/// the calling thread's slots with the process's names: they stay true in the child.
-/// It spares a file read again and again (a `stat` before every use) the process-wide
-/// lock, a third of what the hook added to such a call.
-const RECENT_SLOTS: usize = 16;
+/// Names the process found known lately, in slots picked by their hash, each holding
+/// the name's fingerprint: 64 bits of its key mixed with the directory generation a
+/// relative name was known under (a process never forgets a name, but a relative one
+/// when the program changes directory). It spares a file read again and again (a
+/// `stat` before every use) the process-wide lock.
+///
+/// Process-wide atomics rather than per-thread slots: reading one is a plain load,
+/// where a cdylib's thread-local goes through `__tls_get_addr`. A fork copies them
+/// with the process's names, so they stay true in the child and in a run resumed from
+/// a checkpoint. Two names share a fingerprint with a chance of 2^-63 per lookup.
+const RECENT_SLOTS: usize = 64;
 
-thread_local! {
-    // A `Cell` per slot: reading or writing one is a plain copy, with no borrow state
-    // that a signal handler's nested call could find taken.
-    static RECENT: [Cell<Option<(PathKey, u64)>>; RECENT_SLOTS] =
-        const { [const { Cell::new(None) }; RECENT_SLOTS] };
-}
+static RECENT: [AtomicU64; RECENT_SLOTS] = [const { AtomicU64::new(0) }; RECENT_SLOTS];
 
 impl Name {
-    /// What a slot holds for this name: absolute names hold for any directory.
-    fn slot(&self) -> (usize, (PathKey, u64)) {
-        let index = self.key.0 as usize % RECENT_SLOTS;
-        (
-            index,
-            (self.key, if self.absolute { u64::MAX } else { self.cwd }),
-        )
+    /// The slot for this name, and what it holds once the name is known (never 0, an
+    /// empty slot). Absolute names hold for any directory.
+    fn slot(&self) -> (&'static AtomicU64, u64) {
+        let directory = if self.absolute { u64::MAX } else { self.cwd };
+        let fingerprint =
+            ((self.key.0 >> 64) as u64 ^ directory.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+        (&RECENT[self.key.0 as usize % RECENT_SLOTS], fingerprint)
     }
 
     fn recently_known(&self) -> bool {
-        let (index, entry) = self.slot();
-        RECENT
-            .try_with(|recent| recent[index].get() == Some(entry))
-            .unwrap_or(false)
+        let (slot, fingerprint) = self.slot();
+        slot.load(Ordering::Relaxed) == fingerprint
     }
 
     fn note_known(&self) {
-        let (index, entry) = self.slot();
-        let _ = RECENT.try_with(|recent| recent[index].set(Some(entry)));
+        let (slot, fingerprint) = self.slot();
+        slot.store(fingerprint, Ordering::Relaxed);
     }
 }
 
@@ -615,6 +631,30 @@ mod tests {
         assert!(!p.knows_name(&name(b"m.lua", 2)), "a new directory");
         assert!(p.knows_name(&name(b"/a/m.lua", 2)));
         assert!(!p.knows_name(&name(b"m.lua", 1)), "forgotten, not hidden");
+    }
+
+    #[test]
+    fn a_recent_relative_name_holds_only_in_its_directory() {
+        let name = |bytes: &[u8], cwd| Name {
+            key: PathKey::of(bytes),
+            absolute: bytes.starts_with(b"/"),
+            cwd,
+        };
+        let relative = name(b"recent-test/m.lua", 7);
+        assert!(!relative.recently_known());
+        relative.note_known();
+        assert!(relative.recently_known());
+        assert!(
+            !name(b"recent-test/m.lua", 8).recently_known(),
+            "another directory"
+        );
+        assert!(
+            !name(b"recent-test/n.lua", 7).recently_known(),
+            "another name"
+        );
+
+        name(b"/recent-test/m.lua", 7).note_known();
+        assert!(name(b"/recent-test/m.lua", 8).recently_known(), "absolute");
     }
 
     #[test]

@@ -70,9 +70,11 @@ unsafe fn again(dirfd: c_int, path: *const c_char, intent: Intent, found: Found)
     if path.is_null() {
         return false;
     }
-    let errno = *libc::__errno_location();
+    // The same thread's errno, whatever happens in between: one lookup.
+    let errno = libc::__errno_location();
+    let saved = *errno;
     let then = after_access(dirfd, CStr::from_ptr(path), intent, found);
-    *libc::__errno_location() = errno;
+    *errno = saved;
     then == Then::CallAgain
 }
 
