@@ -312,7 +312,8 @@ pub enum Then {
 ///
 /// This part runs on every successful call, so it does only what answers the two
 /// common cases: a name that cannot match, and a file already handled. It takes no
-/// lock, calls nothing that is hooked, and leaves `errno` alone.
+/// lock and calls nothing that is hooked or could set `errno`: the program finds
+/// errno as the real call left it (the rest restores it).
 #[inline]
 pub fn after_access(dirfd: RawFd, path: &CStr, intent: Intent, found: Found) -> Then {
     let Some(settings) = SETTINGS.get() else {
@@ -349,6 +350,7 @@ fn not_known_lately(
     name: Option<Name>,
     found: Found,
 ) -> Then {
+    let _errno = sys::ErrnoKept::now();
     let Some(_guard) = Guard::enter() else {
         return Then::Return;
     };

@@ -27,6 +27,24 @@ fn cvt<T: Copy + PartialEq + From<i8>>(ret: T) -> io::Result<T> {
     }
 }
 
+/// Puts `errno` back as it was, when dropped: what the hook does inside a program's
+/// call must not change what that call left there.
+pub struct ErrnoKept(libc::c_int);
+
+impl ErrnoKept {
+    pub fn now() -> ErrnoKept {
+        // SAFETY: errno is thread-local and always readable.
+        ErrnoKept(unsafe { *libc::__errno_location() })
+    }
+}
+
+impl Drop for ErrnoKept {
+    fn drop(&mut self) {
+        // SAFETY: errno is thread-local and always writable.
+        unsafe { *libc::__errno_location() = self.0 };
+    }
+}
+
 fn cstr(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))

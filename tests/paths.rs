@@ -15,8 +15,8 @@ const T: Duration = Duration::from_secs(30);
 /// after a directory change, would track the decoy `./data.txt` (or `sub/data.txt`
 /// twice) only, and edits to the others would resume nothing. Each read is a `stat`
 /// and then an `fopen` of the same name, as CPython does: the second finds the name
-/// known, which a thread remembers (see `hook::RECENT`) for as long as the directory
-/// stays the same.
+/// known, which the process remembers (see `hook::RECENT`) for as long as the
+/// directory stays the same.
 const WALKER: &str = r#"
 #include <fcntl.h>
 #include <stdio.h>
@@ -74,4 +74,67 @@ fn files_opened_after_chdir_and_fchdir_are_the_ones_tracked() {
     s.expect_stderr("run exited", T);
     assert_eq!(s.count_stdout("sub: decoy"), 0, "{}", s.transcript());
     assert_eq!(s.count_stdout("other: decoy"), 0, "{}", s.transcript());
+}
+
+/// A successful call leaves errno alone, and so must the hook behind it, whichever
+/// way it goes: a first access (which takes a checkpoint), a name known to the
+/// process, one known lately, a name that cannot match, and the call made again in a
+/// run resumed from a checkpoint.
+const ERRNO: &str = r#"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+static void check(const char *what, int result) {
+    if (result < 0) printf("%s failed\n", what);
+    else if (errno != 4242) printf("%s changed errno to %d\n", what, errno);
+    else printf("%s kept errno\n", what);
+    fflush(stdout);
+}
+int main(void) {
+    struct stat st;
+    char v[64] = "";
+    errno = 4242; check("stat of b.dat, which does not match", stat("b.dat", &st));
+    errno = 4242; check("first stat of a.txt", stat("a.txt", &st));
+    errno = 4242; check("second stat of a.txt", stat("a.txt", &st));
+    errno = 4242; check("third stat of a.txt", stat("a.txt", &st));
+    errno = 4242;
+    int fd = open("a.txt", O_RDONLY);
+    check("open of a.txt", fd);
+    if (fd >= 0) { read(fd, v, sizeof v - 1); close(fd); }
+    printf("a.txt: %s", v);
+    printf("done\n");
+    fflush(stdout);
+    return 0;
+}
+"#;
+
+#[test]
+fn errno_is_as_the_real_call_left_it() {
+    let _lock = lock();
+    let dir = TempDir::new("paths-errno");
+    dir.write("a.txt", "one\n");
+    dir.write("b.dat", "b\n");
+    let program = compile_c(&dir, "errno", ERRNO);
+    let mut s = forkhook_in(&dir, &["-e", "txt"], &program);
+    s.expect_stdout("a.txt: one", T);
+    s.expect_stdout("done", T);
+    save_rename_over(&dir.join("a.txt"), "two\n");
+    s.expect_stdout("a.txt: two", T);
+    s.expect_stdout("done", T);
+    let out = s.transcript();
+    for what in [
+        "stat of b.dat, which does not match",
+        "first stat of a.txt",
+        "second stat of a.txt",
+        "third stat of a.txt",
+        "open of a.txt",
+    ] {
+        assert!(out.contains(&format!("{what} kept errno")), "{what}: {out}");
+    }
+    assert!(
+        !out.contains("changed errno") && !out.contains("failed"),
+        "{out}"
+    );
 }

@@ -62,7 +62,7 @@ fn missing<T>(fail: T) -> T {
 }
 
 /// Tells the core that a call on `path` succeeded; true if it must be made again.
-/// errno is kept as the real call left it.
+/// The core keeps errno as the real call left it.
 ///
 /// # Safety
 /// `path` is what the program passed: NULL or a NUL-terminated string.
@@ -70,12 +70,7 @@ unsafe fn again(dirfd: c_int, path: *const c_char, intent: Intent, found: Found)
     if path.is_null() {
         return false;
     }
-    // The same thread's errno, whatever happens in between: one lookup.
-    let errno = libc::__errno_location();
-    let saved = *errno;
-    let then = after_access(dirfd, CStr::from_ptr(path), intent, found);
-    *errno = saved;
-    then == Then::CallAgain
+    after_access(dirfd, CStr::from_ptr(path), intent, found) == Then::CallAgain
 }
 
 /// A file opened to be written, truncated or created is the program's output, not a
