@@ -1263,33 +1263,38 @@ struct StatRun {
 /// of its environment.
 ///
 /// Where the stack starts depends on the size of the environment, and a hooked
-/// `stat` is sensitive to it: the same build measured +4 to +115 ns per call with
+/// `stat` is sensitive to it: the same build measured -37 to +205 ns per call with
 /// the environment 0 to 56 bytes longer. So the two runs of a pair get environments
 /// of the same size (the plain run stand-ins of the same length for the library's
 /// two variables) and each pair a random padding, which turns that bias into noise
 /// the pairs average out.
 struct StatEnv<'a> {
-    library: Option<&'a str>,
+    library: &'a str,
+    preloaded: bool,
     padding: usize,
 }
 
-impl StatEnv<'_> {
+impl<'a> StatEnv<'a> {
     const FILTER: &'static str = r"\.lua$";
 
-    fn apply(&self, cmd: &mut Command, library: &str) {
-        let pad = "x".repeat(self.padding);
-        cmd.env("BENCH_PADDING", pad);
-        match self.library {
-            Some(lib) => {
-                cmd.env("LD_PRELOAD", lib)
-                    .env("FORKHOOK_FILTER", Self::FILTER);
-            }
-            None => {
-                // "LD_PRELOAD" and "BENCH_ONE_" are both 10 bytes, "FORKHOOK_FILTER"
-                // and "BENCH_THE_OTHER" both 15: the same sizes, meaning nothing.
-                cmd.env("BENCH_ONE_", "x".repeat(library.len()))
-                    .env("BENCH_THE_OTHER", "x".repeat(Self::FILTER.len()));
-            }
+    fn new(library: &'a str, preloaded: bool, padding: usize) -> StatEnv<'a> {
+        StatEnv {
+            library,
+            preloaded,
+            padding,
+        }
+    }
+
+    fn apply(&self, cmd: &mut Command) {
+        cmd.env("BENCH_PADDING", "x".repeat(self.padding));
+        if self.preloaded {
+            cmd.env("LD_PRELOAD", self.library)
+                .env("FORKHOOK_FILTER", Self::FILTER);
+        } else {
+            // "LD_PRELOAD" and "BENCH_ONE_" are both 10 bytes, "FORKHOOK_FILTER"
+            // and "BENCH_THE_OTHER" both 15: the same sizes, meaning nothing.
+            cmd.env("BENCH_ONE_", "x".repeat(self.library.len()))
+                .env("BENCH_THE_OTHER", "x".repeat(Self::FILTER.len()));
         }
     }
 }
@@ -1301,7 +1306,6 @@ fn run_statbench(
     rounds: usize,
     pairs: bool,
     setup: &StatEnv,
-    library: &str,
 ) -> Res<StatRun> {
     let mut cmd = clean(dir.join("statbench"));
     cmd.args([mode, &n.to_string(), &rounds.to_string()])
@@ -1309,10 +1313,10 @@ fn run_statbench(
     if pairs {
         cmd.arg("pairs");
     }
-    setup.apply(&mut cmd, library);
+    setup.apply(&mut cmd);
     let label = format!(
         "statbench {mode} ({})",
-        if setup.library.is_some() {
+        if setup.preloaded {
             "preloaded"
         } else {
             "plain"
@@ -1336,7 +1340,7 @@ fn run_statbench(
             run.wall = ms(line.at - p.started);
             // A tracked file started a session, which stays to watch it: the drop
             // ends it.
-            if setup.library.is_none() || mode != "tracked" {
+            if !setup.preloaded || mode != "tracked" {
                 p.wait_exit()?;
             }
             return Ok(run);
@@ -1378,27 +1382,18 @@ fn scenario_hook(o: &Opts, report: &mut Report) -> Res<()> {
         ("files", "100,000 files that exist and do not match"),
         ("tracked", "one tracked file 100,000 times"),
     ] {
-        let hooked = StatEnv {
-            library: Some(&library),
-            padding: 0,
-        };
-        run_statbench(&dir, mode, n, 1, false, &hooked, &library)?; // warm-up
-                                                                    // The cost per call: stat() against the direct system call, in one process.
+        let hooked = StatEnv::new(&library, true, 0);
+        run_statbench(&dir, mode, n, 1, false, &hooked)?; // warm-up
+                                                          // The cost per call: stat() against the direct system call, in one process.
         let (mut extra, mut direct, mut control) = (vec![], vec![], vec![]);
         for _ in 0..o.pick(3, 1) {
             let padding = draw.below(4096);
-            let with = StatEnv {
-                library: Some(&library),
-                padding,
-            };
-            let run = run_statbench(&dir, mode, n, 2, true, &with, &library)?;
+            let with = StatEnv::new(&library, true, padding);
+            let run = run_statbench(&dir, mode, n, 2, true, &with)?;
             extra.extend(run.extra);
             direct.extend(run.direct);
-            let without = StatEnv {
-                library: None,
-                padding,
-            };
-            control.extend(run_statbench(&dir, mode, n, 2, true, &without, &library)?.extra);
+            let without = StatEnv::new(&library, false, padding);
+            control.extend(run_statbench(&dir, mode, n, 2, true, &without)?.extra);
         }
         let cost = median(&extra);
         report.row(
@@ -1416,15 +1411,9 @@ fn scenario_hook(o: &Opts, report: &mut Report) -> Res<()> {
         let (mut plain_wall, mut hook_wall) = (vec![], vec![]);
         for _ in 0..runs {
             let padding = draw.below(4096);
-            for (library_or_not, walls) in [
-                (None, &mut plain_wall),
-                (Some(library.as_str()), &mut hook_wall),
-            ] {
-                let setup = StatEnv {
-                    library: library_or_not,
-                    padding,
-                };
-                walls.push(run_statbench(&dir, mode, n, rounds, false, &setup, &library)?.wall);
+            for (preloaded, walls) in [(false, &mut plain_wall), (true, &mut hook_wall)] {
+                let setup = StatEnv::new(&library, preloaded, padding);
+                walls.push(run_statbench(&dir, mode, n, rounds, false, &setup)?.wall);
             }
         }
         let (a, b) = (median(&plain_wall), median(&hook_wall));
