@@ -11,7 +11,8 @@
 //! Scenario keys: `latency` (1, edit → new output), `overhead` (2, first-run
 //! overhead), `memory` (3, memory of a session), `scale` (4, 10,000 watched files),
 //! `hook` (5, cost of a hooked `stat`), `writer` (6, a program writing a log beside its
-//! sources), `every` (7, a checkpoint before every file). 2 and 3 share their runs.
+//! sources), `every` (7, a checkpoint before every file), `access` (8, what a file's
+//! first access costs the run). 2 and 3 share their runs.
 //!
 //! Every process a scenario starts is owned by a [`Proc`], whose drop ends it and
 //! every process below it, by pid (never by name), also when a scenario fails.
@@ -1234,6 +1235,23 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// Builds a C program of the bench with `gcc -O2`.
+fn compile_c(source: &Path, binary: &Path) -> Res<()> {
+    let out = Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(binary)
+        .arg(source)
+        .output()
+        .map_err(|e| format!("cannot run gcc: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "gcc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
 fn library_path() -> Res<String> {
     let out = clean(FORKHOOK)
         .arg("--print-library")
@@ -1361,18 +1379,7 @@ fn scenario_hook(o: &Opts, report: &mut Report) -> Res<()> {
         let file = dir.join(format!("files/d{}/file{i:06}.txt", i % 100));
         fs::write(&file, "").map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     }
-    let out = Command::new("gcc")
-        .args(["-O2", "-o"])
-        .arg(dir.join("statbench"))
-        .arg(&source)
-        .output()
-        .map_err(|e| format!("cannot run gcc: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "gcc failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    compile_c(&source, &dir.join("statbench"))?;
     let library = library_path()?;
     let (rounds, runs) = (5, o.pick(31, 3));
     let mut draw = Shuffler::new();
@@ -1554,6 +1561,157 @@ fn scenario_every(o: &Opts, report: &mut Report) -> Res<()> {
     Ok(())
 }
 
+// ------------------------------------------------------------------------------ 8. first accesses
+
+const ACCESS_BENCH_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+static double now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e9 + t.tv_nsec;
+}
+
+/* Reads f1.lua .. fN.lua the way Lua's loader does (fopen, a read, fclose), twice:
+   the first pass is each file's first access, the second reads files already known.
+   f0.lua, read before the clock starts, is where a session takes its checkpoint. */
+static double pass(int n) {
+    char name[32];
+    double t0 = now_ns();
+    for (int i = 1; i <= n; i++) {
+        snprintf(name, sizeof name, "f%d.lua", i);
+        FILE *f = fopen(name, "r");
+        if (!f) { perror(name); exit(1); }
+        fgetc(f);
+        fclose(f);
+    }
+    return (now_ns() - t0) / n;
+}
+
+int main(int argc, char **argv) {
+    int n = atoi(argv[1]);
+    FILE *f = fopen("f0.lua", "r");
+    if (f) fclose(f);
+    double first = pass(n);
+    double again = pass(n);
+    printf("first %.1f\nagain %.1f\ndone\n", first, again);
+    fflush(stdout);
+    return 0;
+}
+"#;
+
+/// What a file's first access costs the run (the hook's slow path: the filter, the
+/// file noted, its identity taken with `fstat`, a message to the coordinator), apart
+/// from the forks and the program's own work: a C program opens 2,000 files twice,
+/// plain, with the library and nothing matching, and in a session that keeps to its
+/// first checkpoint, in interleaved rounds.
+fn scenario_access(o: &Opts, report: &mut Report) -> Res<()> {
+    eprintln!("8. first accesses");
+    let dir = TempDir::new("access")?;
+    let source = dir.write("accessbench.c", ACCESS_BENCH_C)?;
+    let n = 2000;
+    for i in 0..=n {
+        dir.write(format!("f{i}.lua"), &format!("return {i}\n"))?;
+    }
+    compile_c(&source, &dir.join("accessbench"))?;
+    // Settled files, as in a project someone works on: the run leaves reading them to
+    // the coordinator (see `settle`).
+    settle(Instant::now());
+    let program = dir.join("accessbench").to_string_lossy().into_owned();
+    let count = n.to_string();
+    let argv = [program.as_str(), count.as_str()];
+    let variants = ["plain", "nothing matching", "a session"];
+    let command = |variant: usize| {
+        let mut c = match variant {
+            0 => plain(&argv),
+            1 => forkhook("zzz", &argv),
+            _ => {
+                let mut c = forkhook("lua", &argv);
+                c.env("FORKHOOK_CHECKPOINT_SHARE", "0");
+                c
+            }
+        };
+        c.current_dir(&dir.path);
+        c
+    };
+    // Per variant: ns per file, first pass and second.
+    let mut first: [Vec<f64>; 3] = Default::default();
+    let mut again: [Vec<f64>; 3] = Default::default();
+    let mut order = Shuffler::new();
+    for round in 0..=o.pick(21, 3) {
+        for variant in order.next4().into_iter().filter(|&v| v < 3) {
+            let mut p = Proc::spawn(
+                &format!("accessbench, {}", variants[variant]),
+                &mut command(variant),
+            )?;
+            let read = |p: &mut Proc, key: &str| -> Res<f64> {
+                let line = p.wait_out(|t| t.starts_with(key))?;
+                line.text[key.len()..]
+                    .trim()
+                    .parse::<f64>()
+                    .map_err(|e| p.fail(&format!("bad number in {:?}: {e}", line.text)))
+            };
+            let (f, a) = (read(&mut p, "first")?, read(&mut p, "again")?);
+            p.wait_out(|t| t == "done")?;
+            if variant == 2 {
+                p.wait_runs_ended(1)?;
+            } else {
+                p.wait_exit()?;
+            }
+            // Round 0 warms the page cache and the library's copy.
+            if round > 0 {
+                first[variant].push(f);
+                again[variant].push(a);
+            }
+        }
+    }
+    let paired_extra =
+        |a: &[f64], b: &[f64]| median(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>());
+    let us = |ns: f64| format!("{:.2} µs", ns / 1000.0);
+    report.row(
+        &format!("8. a first access (fopen, a read, fclose of each of {n} files)"),
+        format!("{} per file", us(median(&first[0]))),
+        format!(
+            "{} with nothing matching, {} in a session",
+            us(median(&first[1])),
+            us(median(&first[2]))
+        ),
+        format!(
+            "+{} per first access over nothing matching (paired)",
+            us(paired_extra(&first[2], &first[1]))
+        ),
+        "(no target)",
+        "-".to_string(),
+    );
+    report.row(
+        "8. the same files read again (names known)",
+        format!("{} per file", us(median(&again[0]))),
+        format!(
+            "{} with nothing matching, {} in a session",
+            us(median(&again[1])),
+            us(median(&again[2]))
+        ),
+        format!(
+            "{:+.2} µs over nothing matching (paired)",
+            paired_extra(&again[2], &again[1]) / 1000.0
+        ),
+        "(no target)",
+        "-".to_string(),
+    );
+    report.note(format!(
+        "8: a C program (gcc -O2) reads f1.lua to f{n}.lua (files older than 3 s) as \
+         Lua's loader does, then again; f0.lua, read first, starts the session \
+         (`forkhook -e lua`, FORKHOOK_CHECKPOINT_SHARE=0: one checkpoint, before the \
+         clock starts). Medians of {} rounds, each runs plain, with nothing matching \
+         (`-e zzz`) and in a session, in a random order; paired = the median of each \
+         round's difference.",
+        o.pick(21, 3)
+    ));
+    Ok(())
+}
+
 // ------------------------------------------------------------------------------ main
 
 fn main() {
@@ -1571,7 +1729,7 @@ fn main() {
     type Scenario = fn(&Opts, &mut Report) -> Res<()>;
     let overhead = o.wants("overhead");
     let memory = o.wants("memory");
-    let scenarios: [(&str, bool, Scenario); 6] = [
+    let scenarios: [(&str, bool, Scenario); 7] = [
         ("latency", o.wants("latency"), scenario_latency),
         ("overhead/memory", overhead || memory, |o, r| {
             scenario_projects(o, r, o.wants("overhead"), o.wants("memory"))
@@ -1580,6 +1738,7 @@ fn main() {
         ("hook", o.wants("hook"), scenario_hook),
         ("writer", o.wants("writer"), scenario_writer),
         ("every", o.wants("every"), scenario_every),
+        ("access", o.wants("access"), scenario_access),
     ];
     let mut failed = 0;
     for (name, wanted, run) in scenarios {
