@@ -9,7 +9,9 @@
 //! copies (measured: 0.7 ms per MiB on a 2-vCPU VM, against 0.03 ms per MiB for the
 //! fork itself).
 //!
-//! So the run counts both. Forks are timed. Copies are counted: the minor faults taken
+//! So the run counts both. Forks are timed on the run's CPU clock, not the wall clock
+//! (a busy machine can hold a 0.3 ms fork for 60 ms, which is no cost of the
+//! checkpoint: see `checkpoint::Stopwatch`). Copies are counted: the minor faults taken
 //! since the newest checkpoint, less those that brought in new memory (the growth of
 //! the anonymous resident pages), at most one per page the checkpoint shares, times the
 //! cost of one copy (timed once, the first time a copy is charged). A checkpoint is

@@ -392,6 +392,53 @@ fn threads_allow(settings: &crate::config::Settings) -> Option<usize> {
 /// Takes a checkpoint. Returns in the run, with its updated state; `Err` when none
 /// could be taken, and the program carries on without it.
 ///
+/// What a checkpoint holds the run for: the wall time the run waited (shown with
+/// `-v`), and the CPU time it worked, which the budget is charged. They part when the
+/// machine is busy: a run that waits for a CPU, or a VM whose host runs something
+/// else, sees a 0.3 ms fork take 60 ms. Such a stall hits the run whether or not it
+/// forks; charged, it refused every checkpoint for the next 6 s of a 1% share.
+#[derive(Clone, Copy)]
+struct Stopwatch {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        Stopwatch {
+            wall: Instant::now(),
+            cpu: sys::thread_cpu_time(),
+        }
+    }
+
+    /// The cost so far, in the thread that started it.
+    fn cost(&self) -> Cost {
+        Cost {
+            waited: self.wall.elapsed(),
+            worked: sys::thread_cpu_time().saturating_sub(self.cpu),
+        }
+    }
+
+    /// The cost so far, in the child of a fork made at `forked` (after this started,
+    /// in the same thread): the child's CPU clock started from zero there, and it
+    /// cannot read its parent's, which did the fork's own work. So: the CPU time up
+    /// to the fork, and the wall time from it.
+    fn cost_in_child(&self, forked: Stopwatch) -> Cost {
+        let since_fork = forked.wall.elapsed();
+        Cost {
+            waited: self.wall.elapsed(),
+            worked: forked.cpu.saturating_sub(self.cpu) + since_fork,
+        }
+    }
+}
+
+/// See [`Stopwatch`].
+#[derive(Clone, Copy)]
+struct Cost {
+    waited: Duration,
+    worked: Duration,
+}
+
 /// Two ways (see the module's documentation): a sibling parks and this process goes
 /// on as the run, or this process parks and its child goes on. The second is for the
 /// first checkpoint, which must be the parent of everything after it, and for a
@@ -404,7 +451,7 @@ fn take(
     closing: Duration,
     threads: usize,
 ) -> io::Result<SessionState> {
-    let began = Instant::now();
+    let began = Stopwatch::start();
     if session.depth > 0 {
         arm_page_copy_probe();
     }
@@ -451,14 +498,20 @@ enum Beside {
 }
 
 /// The verbose line for a checkpoint taken at `depth` (0: the first).
-fn say_taken(depth: usize, file: &Path, elapsed: Duration, cost: Duration) {
+fn say_taken(depth: usize, file: &Path, elapsed: Duration, cost: Cost) {
     hook::reporter().detail(|| {
+        // The CPU time too when waiting made most of it (see `Stopwatch`).
+        let worked = if cost.waited > cost.worked * 2 + Duration::from_millis(1) {
+            format!(", {} of it working", human(cost.worked))
+        } else {
+            String::new()
+        };
         format!(
-            "checkpoint {} before {} ({} in, took {})",
+            "checkpoint {} before {} ({} in, took {}{worked})",
             depth + 1,
             file.display(),
             human(elapsed),
-            human(cost)
+            human(cost.waited)
         )
     });
 }
@@ -503,7 +556,11 @@ struct Parked {
 
 impl Parked {
     /// This process parks as the checkpoint, and a child it forks goes on as the run.
-    fn in_place(self, orders_for_coordinator: OwnedFd, began: Instant) -> io::Result<SessionState> {
+    fn in_place(
+        self,
+        orders_for_coordinator: OwnedFd,
+        began: Stopwatch,
+    ) -> io::Result<SessionState> {
         let session = self.session;
         let me = sys::getpid();
         // This process was a run, which dies with its parent. A checkpoint must not:
@@ -541,7 +598,7 @@ impl Parked {
 
     /// A sibling of this process parks as the checkpoint (see `sys::fork_sibling`),
     /// and this process goes on as the run.
-    fn beside(self, orders_for_coordinator: OwnedFd, began: Instant) -> Beside {
+    fn beside(self, orders_for_coordinator: OwnedFd, began: Stopwatch) -> Beside {
         let session = self.session;
         // Blocked across the clone: a Ctrl-C that reaches the new checkpoint before it
         // parks must wait in its signalfd, not kill it (or run the program's handler).
@@ -600,14 +657,14 @@ impl Parked {
         if let Err(e) = announced {
             return Beside::Failed(e);
         }
-        let cost = began.elapsed();
+        let cost = began.cost();
         say_taken(session.depth, &file, elapsed, cost);
         Beside::Taken(SessionState {
             checkpoint: sibling,
             spending: session.spending.after_checkpoint(
                 elapsed,
                 closing,
-                cost,
+                cost.worked,
                 sys::minor_faults(),
                 sys::anonymous_pages().unwrap_or(0),
             ),
@@ -622,7 +679,7 @@ impl Parked {
     /// already. Returns only in a run forked from here.
     fn park(
         self,
-        first_run: Option<Instant>,
+        first_run: Option<Stopwatch>,
         blocked: Option<SignalSet>,
     ) -> io::Result<SessionState> {
         let me = sys::getpid();
@@ -639,21 +696,19 @@ impl Parked {
         let mut epoch = self.session.epoch;
         let mut run = 0;
         if let Some(began) = first_run {
+            let forked = Stopwatch::start();
             match self.fork_run(epoch, &program_mask) {
                 Ok(Fork::Parent(pid)) => run = pid,
-                Ok(Fork::Child) => return Ok(self.into_run(sigchld, epoch, began)),
+                Ok(Fork::Child) => {
+                    return Ok(self.into_run(sigchld, epoch, began.cost_in_child(forked)))
+                }
                 Err(e) => {
                     drop(sigchld);
                     program_mask.set_mask();
                     return Err(e);
                 }
             }
-            say_taken(
-                self.session.depth,
-                &self.file,
-                self.elapsed,
-                began.elapsed(),
-            );
+            say_taken(self.session.depth, &self.file, self.elapsed, began.cost());
         }
 
         // What the interrupted call opened stays with the run going on. Nothing is
@@ -714,10 +769,13 @@ impl Parked {
                 end_descendants(me);
                 restore_terminal();
                 epoch = new_epoch;
-                let began = Instant::now();
+                // The fork is all there is to charge: made at once.
+                let forked = Stopwatch::start();
                 match self.fork_run(epoch, &program_mask) {
                     Ok(Fork::Parent(pid)) => run = pid,
-                    Ok(Fork::Child) => return Ok(self.into_run(sigchld, epoch, began)),
+                    Ok(Fork::Child) => {
+                        return Ok(self.into_run(sigchld, epoch, forked.cost_in_child(forked)))
+                    }
                     Err(e) => {
                         hook::reporter()
                             .error(&format!("cannot fork a run from the checkpoint: {e}"));
@@ -765,8 +823,7 @@ impl Parked {
 
     /// In a run just forked from here: the checkpoint's signalfd and order pipe are
     /// closed (dropped, once), and the run's state is what this checkpoint knew.
-    fn into_run(self, sigchld: OwnedFd, epoch: u64, began: Instant) -> SessionState {
-        let cost = began.elapsed();
+    fn into_run(self, sigchld: OwnedFd, epoch: u64, cost: Cost) -> SessionState {
         drop(sigchld);
         SessionState {
             up: self.session.up,
@@ -780,7 +837,7 @@ impl Parked {
                 _ => self.session.spending.after_checkpoint(
                     self.elapsed,
                     self.closing,
-                    cost,
+                    cost.worked,
                     sys::minor_faults(),
                     sys::anonymous_pages().unwrap_or(0),
                 ),
@@ -808,5 +865,54 @@ pub(crate) fn end_descendants(me: Pid) {
             Ok(None) => {}
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spin(d: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < d {
+            std::hint::black_box(0u64);
+        }
+    }
+
+    // A stall (here a sleep: the thread off its CPU, as when the machine is busy) is
+    // waited, not worked: the budget is not charged for it.
+    #[test]
+    fn a_stall_is_waited_not_worked() {
+        let began = Stopwatch::start();
+        std::thread::sleep(Duration::from_millis(40));
+        let stalled = began.cost();
+        assert!(stalled.waited >= Duration::from_millis(40));
+        assert!(
+            stalled.worked < Duration::from_millis(20),
+            "{:?}",
+            stalled.worked
+        );
+        spin(Duration::from_millis(30));
+        let worked = began.cost().worked - stalled.worked;
+        // A busy test machine may take the CPU away for part of the spin.
+        assert!(worked > Duration::from_millis(5), "{worked:?}");
+    }
+
+    // In a forked child: the CPU time up to the fork, then the wall time from it (the
+    // child cannot tell its parent's CPU time during the fork from a stall).
+    #[test]
+    fn a_child_is_charged_the_work_before_the_fork_and_the_time_since() {
+        let began = Stopwatch::start();
+        std::thread::sleep(Duration::from_millis(40));
+        let forked = Stopwatch::start();
+        std::thread::sleep(Duration::from_millis(30));
+        let cost = began.cost_in_child(forked);
+        assert!(cost.waited >= Duration::from_millis(70));
+        assert!(
+            cost.worked >= Duration::from_millis(30),
+            "{:?}",
+            cost.worked
+        );
+        assert!(cost.worked < Duration::from_millis(60), "{:?}", cost.worked);
     }
 }
