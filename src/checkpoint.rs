@@ -389,9 +389,6 @@ fn threads_allow(settings: &crate::config::Settings) -> Option<usize> {
     (!skip).then_some(threads)
 }
 
-/// Takes a checkpoint. Returns in the run, with its updated state; `Err` when none
-/// could be taken, and the program carries on without it.
-///
 /// What a checkpoint holds the run for: the wall time the run waited (shown with
 /// `-v`), and the CPU time it worked, which the budget is charged. They part when the
 /// machine is busy: a run that waits for a CPU, or a VM whose host runs something
@@ -439,6 +436,9 @@ struct Cost {
     worked: Duration,
 }
 
+/// Takes a checkpoint. Returns in the run, with its updated state; `Err` when none
+/// could be taken, and the program carries on without it.
+///
 /// Two ways (see the module's documentation): a sibling parks and this process goes
 /// on as the run, or this process parks and its child goes on. The second is for the
 /// first checkpoint, which must be the parent of everything after it, and for a
