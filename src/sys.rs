@@ -1,6 +1,6 @@
 //! Every system call forkhook makes, and the only module allowed `unsafe`.
 //!
-//! Each wrapper is one call, its `-1`/errno turned into `io::Result` by [`cvt`].
+//! Each wrapper is one call, its `-1`/errno turned into `io::Result` by `cvt`.
 //! File I/O here goes through raw `syscall(2)` rather than libc's `open`/`stat`:
 //! libforkhook.so exports those very symbols, so calling them from inside the hook
 //! would re-enter it. Process control (`fork`, `waitpid`, `kill`, `prctl`) goes
