@@ -502,7 +502,7 @@ fn say_taken(depth: usize, file: &Path, elapsed: Duration, cost: Cost) {
     hook::reporter().detail(|| {
         // The CPU time too when waiting made most of it (see `Stopwatch`).
         let worked = if cost.waited > cost.worked * 2 + Duration::from_millis(1) {
-            format!(", {} of it working", human(cost.worked))
+            format!(", {} of CPU", human(cost.worked))
         } else {
             String::new()
         };
