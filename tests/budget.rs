@@ -21,16 +21,21 @@ fn modules(dir: &TempDir, count: usize, work: u64) {
     dir.write("main.lua", &main);
 }
 
-/// A verbose session on 200 modules loaded in quick succession, with `env` set, once
-/// its first run has ended having watched all 201 files.
-fn quick_modules_run(dir: &TempDir, env: &[(&str, &str)]) -> Session {
-    modules(dir, 200, 0);
+/// `forkhook -v -e lua -- lua5.4 main.lua` in `dir`, with `env` set.
+fn verbose_lua_session(dir: &TempDir, env: &[(&str, &str)]) -> Session {
     let mut command = forkhook_command();
     command
         .args(["-v", "-e", "lua", "--", "lua5.4", "main.lua"])
         .current_dir(&dir.path)
         .envs(env.iter().copied());
-    let mut s = Session::start(command);
+    Session::start(command)
+}
+
+/// A verbose session on 200 modules loaded in quick succession, with `env` set, once
+/// its first run has ended having watched all 201 files.
+fn quick_modules_run(dir: &TempDir, env: &[(&str, &str)]) -> Session {
+    modules(dir, 200, 0);
+    let mut s = verbose_lua_session(dir, env);
     s.expect_stdout("total 20100", T);
     let line = s.expect_stderr("run exited", T);
     assert!(line.contains("watching 201 files"), "{line}");
@@ -68,13 +73,13 @@ fn the_checkpoint_cap_retires_the_least_needed_and_resumes_stay_correct() {
     }
     let dir = TempDir::new("budget-count");
     modules(&dir, 8, 3_000_000);
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-v", "-e", "lua", "--", "lua5.4", "main.lua"])
-            .current_dir(&dir.path)
-            .env("FORKHOOK_MAX_CHECKPOINTS", "3")
+    let mut s = verbose_lua_session(
+        &dir,
+        &[
+            ("FORKHOOK_MAX_CHECKPOINTS", "3"),
             // Here the count is under test, not the time budget: a checkpoint per file.
-            .env("FORKHOOK_CHECKPOINT_SHARE", "1"),
+            ("FORKHOOK_CHECKPOINT_SHARE", "1"),
+        ],
     );
     s.expect_stdout("total 36", T);
     s.expect_stderr("run exited", T);
@@ -220,14 +225,9 @@ fn files_near_a_checkpoint_share_it_until_one_is_edited() {
          local t = os.clock() while os.clock() - t < 0.6 do end\n\
          print(a .. ' ' .. b .. ' ' .. require('c'))\n",
     );
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-v", "-e", "lua", "--", "lua5.4", "main.lua"])
-            .current_dir(&dir.path)
-            // Wide enough for a loaded machine between main.lua and b.lua, and less
-            // than the 0.6 s of CPU the run burns before c.lua.
-            .env("FORKHOOK_CHECKPOINT_GAP_MS", "250"),
-    );
+    // Wide enough for a loaded machine between main.lua and b.lua, and less than the
+    // 0.6 s of CPU the run burns before c.lua.
+    let mut s = verbose_lua_session(&dir, &[("FORKHOOK_CHECKPOINT_GAP_MS", "250")]);
     let named = |file: &str| dir.join(file).display().to_string();
     for file in ["a.lua", "b.lua"] {
         let line = s.expect_stderr(&format!("no checkpoint before {}", named(file)), T);
@@ -280,13 +280,8 @@ fn checkpoints_wait_for_a_pause_in_the_loading() {
     );
     dir.write("main.lua", &main);
     dir.write("edited.lua", "return 'edited v1'\n");
-    let mut s = Session::start(
-        forkhook_command()
-            .args(["-v", "-e", "lua", "--", "lua5.4", "main.lua"])
-            .current_dir(&dir.path)
-            // Loading: files less than 10 ms apart; a checkpoint waits up to 200 ms.
-            .env("FORKHOOK_CHECKPOINT_GAP_MS", "20"),
-    );
+    // Loading: files less than 10 ms apart; a checkpoint waits up to 200 ms.
+    let mut s = verbose_lua_session(&dir, &[("FORKHOOK_CHECKPOINT_GAP_MS", "20")]);
     let edited = dir.join("edited.lua").display().to_string();
     s.expect_stderr(&format!("before {edited} ("), T);
     s.expect_stdout("edited v1", T);
