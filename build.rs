@@ -14,6 +14,13 @@ fn main() {
     if env::var_os("FORKHOOK_NESTED_BUILD").is_some() {
         return;
     }
+    // The launcher starts at its own entry point, which does the common launches
+    // before libc starts (src/launcher/early.rs), then goes on to libc's.
+    if env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64")
+        && env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
+    {
+        println!("cargo:rustc-link-arg-bin=forkhook=-Wl,--entry=forkhook_entry");
+    }
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

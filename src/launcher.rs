@@ -2,6 +2,9 @@
 //! writes the embedded library to a cache file, and execs the command, which so
 //! keeps the launcher's pid (the shell waits for the pid that becomes the coordinator).
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub mod early;
+
 use crate::filter::Filter;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use std::ffi::OsString;

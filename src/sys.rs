@@ -1342,6 +1342,338 @@ pub fn own_object_path() -> Option<PathBuf> {
     Some(PathBuf::from(OsStr::from_bytes(name.to_bytes())))
 }
 
+// ---------------------------------------------------------------- before libc starts
+
+/// The system calls of the launcher's first steps (`launcher::early`), which run at the
+/// executable's entry point, before glibc has started. So: no libc function (in a
+/// static executable `memcpy` and its kin are picked for the CPU by libc's start-up,
+/// and a call before it crashes), no `errno` (thread-local storage is not set up yet):
+/// each is one `syscall` instruction, and an error comes back as the errno number.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(clippy::manual_contains)] // see launcher::early
+pub mod early {
+    use core::arch::asm;
+    use core::mem::MaybeUninit;
+
+    /// The kernel returns -errno in `rax` on failure (-4095..-1).
+    fn result(ret: isize) -> Result<usize, i32> {
+        if (-4095..0).contains(&ret) {
+            Err(-ret as i32)
+        } else {
+            Ok(ret as usize)
+        }
+    }
+
+    /// # Safety
+    /// `number` is a system call that takes the arguments as given, and any pointer
+    /// among them is valid for what that call does with it.
+    #[inline(always)]
+    unsafe fn syscall(number: i64, a: usize, b: usize, c: usize, d: usize) -> Result<usize, i32> {
+        let ret: isize;
+        // SAFETY: the caller vouches for the arguments; `syscall` clobbers rcx and r11
+        // and nothing else of ours, and does not touch the stack.
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") number as isize => ret,
+                in("rdi") a,
+                in("rsi") b,
+                in("rdx") c,
+                in("r10") d,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        result(ret)
+    }
+
+    /// A NUL-terminated byte string, as the kernel takes paths.
+    fn terminated(bytes: &[u8]) -> bool {
+        bytes.last() == Some(&0)
+    }
+
+    pub fn getpid() -> i32 {
+        // SAFETY: getpid takes no arguments and cannot fail.
+        unsafe { syscall(libc::SYS_getpid, 0, 0, 0, 0) }.unwrap_or(0) as i32
+    }
+
+    pub fn getuid() -> u32 {
+        // SAFETY: getuid takes no arguments and cannot fail.
+        unsafe { syscall(libc::SYS_getuid, 0, 0, 0, 0) }.unwrap_or(0) as u32
+    }
+
+    /// The size of the file at `path` (NUL-terminated), following symbolic links.
+    pub fn file_size(path: &[u8]) -> Option<u64> {
+        if !terminated(path) {
+            return None;
+        }
+        let mut st = MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: `path` is NUL-terminated; `st` has room for the struct the kernel
+        // writes, and is read only after the call succeeded.
+        unsafe {
+            syscall(
+                libc::SYS_newfstatat,
+                libc::AT_FDCWD as usize,
+                path.as_ptr() as usize,
+                st.as_mut_ptr() as usize,
+                0,
+            )
+            .ok()?;
+            Some(st.assume_init_ref().st_size as u64)
+        }
+    }
+
+    /// A memfd without close-on-exec (the command inherits it), named `name`.
+    pub fn memfd_inheritable(name: &[u8]) -> Option<i32> {
+        if !terminated(name) {
+            return None;
+        }
+        // SAFETY: `name` is NUL-terminated; no flags.
+        unsafe { syscall(libc::SYS_memfd_create, name.as_ptr() as usize, 0, 0, 0) }
+            .ok()
+            .map(|fd| fd as i32)
+    }
+
+    pub fn close(fd: i32) {
+        // SAFETY: closing a descriptor this code opened and no one else uses.
+        let _ = unsafe { syscall(libc::SYS_close, fd as usize, 0, 0, 0) };
+    }
+
+    /// Anonymous, private, zeroed memory of `len` bytes.
+    fn map(len: usize) -> Option<&'static mut [u8]> {
+        let mut ret: isize = libc::SYS_mmap as isize;
+        // SAFETY: a new anonymous private mapping overlaps nothing; the kernel picks
+        // the address. Six arguments, so the call is spelt out here.
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") ret,
+                in("rdi") 0usize,
+                in("rsi") len,
+                in("rdx") (libc::PROT_READ | libc::PROT_WRITE) as usize,
+                in("r10") (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as usize,
+                in("r8") usize::MAX,
+                in("r9") 0usize,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        let address = result(ret).ok()?;
+        // SAFETY: the kernel mapped `len` readable and writable bytes there, which
+        // nothing else refers to.
+        Some(unsafe { core::slice::from_raw_parts_mut(address as *mut u8, len) })
+    }
+
+    /// Memory the first steps write strings and pointer arrays into: one anonymous
+    /// mapping, written a byte at a time with volatile stores (a copy loop the
+    /// compiler saw as `memcpy` would call libc's).
+    pub struct Memory {
+        bytes: &'static mut [u8],
+        len: usize,
+    }
+
+    /// A null-terminated array of pointers to NUL-terminated strings, written in a
+    /// [`Memory`] at this offset (only [`Memory::end_array`] makes one).
+    #[derive(Clone, Copy)]
+    pub struct PointerArray(usize);
+
+    impl Memory {
+        pub fn map(capacity: usize) -> Option<Memory> {
+            Some(Memory {
+                bytes: map(capacity)?,
+                len: 0,
+            })
+        }
+
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+
+        /// Forgets what was written from `len` on.
+        pub fn truncate(&mut self, len: usize) {
+            self.len = self.len.min(len);
+        }
+
+        pub fn push(&mut self, bytes: &[u8]) -> Option<()> {
+            // Indexed: an iterator pair is a value an unoptimised build copies with
+            // `memcpy`.
+            let mut i = 0;
+            while i < bytes.len() {
+                let to = self.bytes.get_mut(self.len + i)?;
+                // SAFETY: `to` is a valid, exclusive reference.
+                unsafe { core::ptr::write_volatile(to, bytes[i]) };
+                i += 1;
+            }
+            self.len += bytes.len();
+            Some(())
+        }
+
+        /// What was written from `start` on.
+        pub fn since(&self, start: usize) -> &[u8] {
+            self.bytes.get(start..self.len).unwrap_or(&[])
+        }
+
+        /// Starts a pointer array: pads to the alignment of a pointer.
+        pub fn begin_array(&mut self) -> Option<()> {
+            while self.len % core::mem::align_of::<usize>() != 0 {
+                self.push(&[0])?;
+            }
+            Some(())
+        }
+
+        /// Adds to the array a pointer to `string`, which lives as long as the process
+        /// (the initial stack's); it must be NUL-terminated.
+        pub fn push_pointer_to(&mut self, string: &'static [u8]) -> Option<()> {
+            if !terminated(string) {
+                return None;
+            }
+            self.push(&(string.as_ptr() as usize).to_ne_bytes())
+        }
+
+        /// Adds to the array a pointer to this memory's own NUL-terminated string at
+        /// `offset`.
+        pub fn push_pointer_to_own(&mut self, offset: usize) -> Option<()> {
+            if !self.bytes.get(offset..self.len)?.iter().any(|&b| b == 0) {
+                return None;
+            }
+            let address = self.bytes.as_ptr() as usize + offset;
+            self.push(&address.to_ne_bytes())
+        }
+
+        /// Ends the array begun at `start` with a null pointer.
+        pub fn end_array(&mut self, start: usize) -> Option<PointerArray> {
+            if start % core::mem::align_of::<usize>() != 0 || start > self.len {
+                return None;
+            }
+            self.push(&0usize.to_ne_bytes())?;
+            Some(PointerArray(start))
+        }
+
+        /// Gives the mapping back.
+        pub fn free(self) {
+            // SAFETY: a whole mapping made by `map`, given up with `self`.
+            let _ = unsafe {
+                syscall(
+                    libc::SYS_munmap,
+                    self.bytes.as_mut_ptr() as usize,
+                    self.bytes.len(),
+                    0,
+                    0,
+                )
+            };
+        }
+    }
+
+    /// The NUL-terminated string at `p`, terminator included.
+    ///
+    /// # Safety
+    /// `p` points to a NUL-terminated string that lives as long as the process (the
+    /// arguments and environment the kernel put on the initial stack).
+    pub unsafe fn c_string(p: *const u8) -> &'static [u8] {
+        let mut len = 0;
+        // SAFETY: the bytes up to and including the NUL are readable (the caller).
+        // Read one at a time and volatile: a loop the compiler saw as `strlen` would
+        // become a call to libc's, which cannot run yet.
+        while unsafe { core::ptr::read_volatile(p.add(len)) } != 0 {
+            len += 1;
+        }
+        // SAFETY: as above, `len + 1` bytes from `p`.
+        unsafe { core::slice::from_raw_parts(p, len + 1) }
+    }
+
+    /// The entries of the initial environment, in order.
+    pub struct Environment(*const *const u8);
+
+    impl Iterator for Environment {
+        type Item = &'static [u8];
+
+        fn next(&mut self) -> Option<&'static [u8]> {
+            // SAFETY: the kernel's environment array ends with a null pointer, and this
+            // never moves past it.
+            let p = unsafe { *self.0 };
+            if p.is_null() {
+                return None;
+            }
+            // SAFETY: not the end, so the next element is still in the array.
+            self.0 = unsafe { self.0.add(1) };
+            // SAFETY: a NUL-terminated string on the initial stack.
+            Some(unsafe { c_string(p) })
+        }
+    }
+
+    /// The kernel's initial stack: `argc`, then the argument pointers and a null, then
+    /// the environment's and a null.
+    #[derive(Clone, Copy)]
+    pub struct InitialStack {
+        pub argv: *const *const u8,
+        pub argc: usize,
+        pub envp: *const *const u8,
+    }
+
+    impl InitialStack {
+        /// # Safety
+        /// `sp` is the stack pointer the kernel gave the entry point.
+        pub unsafe fn at(sp: *const usize) -> InitialStack {
+            // SAFETY: the layout the kernel sets up (System V ABI, "Process
+            // Initialization"): argc at sp, argv from sp + 1, a null, then envp.
+            unsafe {
+                let argc = *sp;
+                let argv = sp.add(1) as *const *const u8;
+                InitialStack {
+                    argv,
+                    argc,
+                    envp: argv.add(argc + 1),
+                }
+            }
+        }
+
+        /// Argument `i`, NUL-terminated.
+        pub fn arg(&self, i: usize) -> Option<&'static [u8]> {
+            if i >= self.argc {
+                return None;
+            }
+            // SAFETY: i < argc: a pointer to a string on the initial stack.
+            Some(unsafe { c_string(*self.argv.add(i)) })
+        }
+
+        /// Runs `path` (NUL-terminated) in this process with arguments `command..`
+        /// and the environment `env` (in `memory`); returns only on failure, with the
+        /// errno.
+        pub fn exec(&self, path: &[u8], command: usize, memory: &Memory, env: PointerArray) -> i32 {
+            if !terminated(path) || command >= self.argc || env.0 >= memory.len {
+                return libc::EINVAL;
+            }
+            // SAFETY: `path` is NUL-terminated. `argv + command` is the end of the
+            // kernel's null-terminated argument array (command < argc). `env` was made
+            // by `end_array`: pointers to NUL-terminated strings of the stack or of
+            // `memory`, then a null, all within the mapping `memory` holds.
+            match unsafe {
+                syscall(
+                    libc::SYS_execve,
+                    path.as_ptr() as usize,
+                    self.argv.add(command) as usize,
+                    memory.bytes.as_ptr() as usize + env.0,
+                    0,
+                )
+            } {
+                Ok(_) => 0,
+                Err(errno) => errno,
+            }
+        }
+
+        /// The environment's entries ("NAME=value"), each NUL-terminated.
+        pub fn environment(&self) -> Environment {
+            Environment(self.envp)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
