@@ -522,3 +522,123 @@ impl Source for StackSource<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Line(Vec<&'static str>, Vec<&'static str>);
+
+    impl Source for Line {
+        fn arg(&self, i: usize) -> Option<&'static [u8]> {
+            self.0.get(i).map(|a| a.as_bytes())
+        }
+        fn var(&self, name: &[u8]) -> Option<&'static [u8]> {
+            self.1.iter().find_map(|e| {
+                let (k, v) = e.split_once('=')?;
+                same(k.as_bytes(), name).then_some(v.as_bytes())
+            })
+        }
+    }
+
+    fn plan_of(args: &str, env: &[&'static str]) -> Option<Plan> {
+        let args: Vec<&'static str> = std::iter::once("forkhook")
+            .chain(String::leak(args.to_string()).split(' '))
+            .collect();
+        plan(&Line(args, env.to_vec()))
+    }
+
+    fn plain(command: u32) -> Plan {
+        Plan {
+            settle: None,
+            command,
+            exts: true,
+            quiet: false,
+            verbose: false,
+            threads: Threads::Unset,
+        }
+    }
+
+    #[test]
+    fn the_common_command_lines_are_planned() {
+        assert_eq!(plan_of("-e lua -- lua5.4 main.lua", &[]), Some(plain(4)));
+        assert_eq!(plan_of("-elua,py -- x", &[]), Some(plain(3)));
+        assert_eq!(plan_of("--ext=.lua --ext h,c -- x", &[]), Some(plain(5)));
+        assert_eq!(
+            plan_of("-q --settle 007 --threads=skip -e lua -- x", &[]),
+            Some(Plan {
+                settle: Some(7),
+                quiet: true,
+                threads: Threads::Skip,
+                ..plain(8)
+            })
+        );
+        assert_eq!(
+            plan_of("-v --threads checkpoint -- x", &["FORKMON_FILTER=%.lua$"]),
+            Some(Plan {
+                exts: false,
+                verbose: true,
+                threads: Threads::Checkpoint,
+                ..plain(5)
+            })
+        );
+        // A filter variable counts even when empty, as `var_os` sees it.
+        assert!(plan_of("-- x", &["FORKHOOK_FILTER="]).is_some());
+    }
+
+    #[test]
+    fn everything_else_is_left_to_the_ordinary_start() {
+        for line in [
+            "--help",
+            "--version",
+            "--print-library",
+            "-f \\.lua$ -- x",
+            "-e lua x",
+            "-e lua --",
+            "-e -- x",
+            "-e=lua -- x",
+            "-e -q -- x",
+            "-e lua, -- x",
+            "-e lua,,py -- x",
+            "-e .. -- x",
+            "-e tar.gz -- x",
+            "-e l+a -- x",
+            "-q -q -e lua -- x",
+            "-q -v -e lua -- x",
+            "-qv -e lua -- x",
+            "--settle +5 -e lua -- x",
+            "--settle 99999999999999999999 -e lua -- x",
+            "--settle 1 --settle 2 -e lua -- x",
+            "--threads maybe -e lua -- x",
+            "--threads skip --threads skip -e lua -- x",
+            "--quiet=1 -e lua -- x",
+            "-- x",
+        ] {
+            assert_eq!(plan_of(line, &[]), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn extensions_are_those_the_filter_is_built_from() {
+        let mut seen = vec![];
+        assert!(each_extension(b"lua,.py,..h", |e| {
+            seen.push(String::from_utf8_lossy(e).into_owned());
+            Some(())
+        }));
+        assert_eq!(seen, ["lua", "py", "h"]);
+        let exts: Vec<String> = seen.clone();
+        let built = crate::launcher::filter_regex(&exts, &[]).unwrap().unwrap();
+        assert_eq!(built, r"\.(?:lua|py|h)$");
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        let mut memory = crate::sys::early::Memory::map(4096).unwrap();
+        for n in [0, 7, 10, 99, 100, 4_294_967_296, u64::MAX] {
+            let start = memory.len();
+            push_number(&mut memory, n).unwrap();
+            assert_eq!(memory.since(start), n.to_string().as_bytes());
+        }
+        memory.free();
+    }
+}
