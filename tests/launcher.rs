@@ -211,6 +211,33 @@ fn the_command_is_looked_up_as_execvp_does() {
     s.expect_stderr("no-such-tool-anywhere: command not found", T);
 }
 
+/// Started with its standard input closed, the launcher's ordinary start opens
+/// /dev/null there (Rust's runtime does), so the session marker never takes its place.
+#[test]
+fn a_closed_standard_input_is_not_taken_by_the_session_marker() {
+    let _l = lock();
+    let mut cmd = forkhook_command();
+    cmd.args([
+        "-e",
+        "lua",
+        "--",
+        "sh",
+        "-c",
+        "readlink /proc/$$/fd/0 || echo closed",
+    ]);
+    // SAFETY: close() is async-signal-safe and touches only the child's descriptor.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::close(0);
+            Ok(())
+        });
+    }
+    let mut s = Session::start(&mut cmd);
+    assert!(s.wait_exit(T).success(), "{}", s.transcript());
+    assert_eq!(s.stdout_lines(), ["/dev/null"], "{}", s.transcript());
+}
+
 #[test]
 fn what_the_early_start_leaves_to_the_ordinary_one_still_works() {
     let _l = lock();

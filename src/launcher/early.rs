@@ -433,7 +433,11 @@ pub fn launch(stack: &crate::sys::early::InitialStack, library_len: usize, hash:
     };
     let marker = crate::sys::early::memfd_inheritable(b"forkhook-session\0");
     // Returns only if nothing was run: leave no trace for the ordinary start.
-    exec(&source, &plan, &mut memory, (library_len, hash), marker);
+    // The marker as descriptor 0, 1 or 2 means one of them was closed: Rust's start
+    // opens /dev/null there, which is for it to do.
+    if marker.is_some_and(|fd| fd > 2) {
+        exec(&source, &plan, &mut memory, (library_len, hash), marker);
+    }
     if let Some(fd) = marker {
         crate::sys::early::close(fd);
     }
