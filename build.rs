@@ -16,8 +16,12 @@ fn main() {
     }
     // The launcher starts at its own entry point, which does the common launches
     // before libc starts (src/launcher/early.rs), then goes on to libc's.
+    let crt_static = env::var("CARGO_CFG_TARGET_FEATURE")
+        .is_ok_and(|features| features.split(',').any(|f| f == "crt-static"));
+    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
     if env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64")
         && env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
+        && early_entry_is_safe(&flags, crt_static)
     {
         println!("cargo:rustc-link-arg-bin=forkhook=-Wl,--entry=forkhook_entry");
     }

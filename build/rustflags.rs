@@ -48,3 +48,32 @@ fn for_shared_library(flags: &str) -> String {
     }
     out.join("\x1f")
 }
+
+/// The codegen options among `flags` (encoded as for [`for_shared_library`]), as
+/// `name=value` strings, in order.
+fn codegen_options(flags: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut args = flags.split('\x1f').filter(|a| !a.is_empty());
+    while let Some(arg) = args.next() {
+        if arg == "-C" || arg == "--codegen" {
+            out.extend(args.next().map(str::to_string));
+        } else if let Some(rest) = arg.strip_prefix("-C") {
+            out.push(rest.to_string());
+        }
+    }
+    out
+}
+
+/// May the launcher start at its own entry point (src/launcher/early.rs), before libc?
+/// Not in a static position-independent executable (`+crt-static` without
+/// `-C relocation-model=static`): there libc's start-up applies the executable's own
+/// relocations, and until then a call between crates, made through the GOT, jumps to
+/// an address not yet relocated. A dynamically linked one has been relocated by the
+/// loader, and a position-dependent static one has nothing to relocate.
+fn early_entry_is_safe(flags: &str, crt_static: bool) -> bool {
+    let model = codegen_options(flags)
+        .iter()
+        .filter_map(|o| o.strip_prefix("relocation-model=").map(str::to_string))
+        .last();
+    !crt_static || model.as_deref() == Some("static")
+}

@@ -1,6 +1,10 @@
 //! The `forkhook` command: turns its options into the environment the library reads,
 //! writes the embedded library to a cache file, and execs the command, which so
 //! keeps the launcher's pid (the shell waits for the pid that becomes the coordinator).
+//!
+//! On x86-64 Linux the common launches never get here: [`early`] does them at the
+//! executable's entry point, before libc's start-up (whose CPU probing costs a virtual
+//! machine half a millisecond), and leaves everything else to this module.
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub mod early;

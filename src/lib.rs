@@ -8,7 +8,8 @@
 //!    checkpoint; the child carries on.
 //! 3. `coordinator`: the original process watches files (inotify) and, through
 //!    `timeline`, decides which checkpoint to resume when one changes.
-//! 4. `launcher`: the `forkhook` command, which sets up the environment and execs.
+//! 4. `launcher`: the `forkhook` command, which sets up the environment and execs
+//!    (`launcher::early` does the common launches before libc starts).
 //!
 //! `protocol` carries messages between them, `config` reads the settings, `filter`
 //! compiles them, `fingerprint` tells changed content from unchanged, `report` prints what users see. All `unsafe` lives in `sys`.

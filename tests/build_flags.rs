@@ -80,3 +80,31 @@ fn other_features_and_flags_pass_through() {
     // A trailing `-C` with nothing after it is passed on for rustc to report.
     assert_eq!(for_shared_library("-C"), "-C");
 }
+
+#[test]
+fn the_early_entry_is_left_out_of_a_static_position_independent_launcher() {
+    // This repository's flags (.cargo/config.toml): static, position-dependent.
+    let ours = flags(&[
+        "-C",
+        "target-feature=+crt-static",
+        "-C",
+        "relocation-model=static",
+    ]);
+    assert!(early_entry_is_safe(&ours, true));
+    assert!(early_entry_is_safe("-Crelocation-model=static", true));
+    // `cargo install` without them: dynamically linked, relocated by the loader.
+    assert!(early_entry_is_safe("", false));
+    // +crt-static alone makes a static-pie.
+    assert!(!early_entry_is_safe(
+        &flags(&["-C", "target-feature=+crt-static"]),
+        true
+    ));
+    assert!(!early_entry_is_safe(
+        &flags(&[
+            "-Crelocation-model=static",
+            "--codegen",
+            "relocation-model=pie"
+        ]),
+        true
+    ));
+}
