@@ -198,6 +198,9 @@ impl Filter {
 /// literals are exact (nothing else in the pattern), it is anchored at the end and at
 /// nothing else. `None` for anything else, which the regex engine then answers.
 fn suffix_set(pattern: &str) -> Option<Vec<Vec<u8>>> {
+    if let Some(suffixes) = launcher_extensions(pattern) {
+        return Some(suffixes);
+    }
     use regex_syntax::hir::literal::{ExtractKind, Extractor};
     use regex_syntax::hir::Look;
     let hir = parse(pattern)?;
@@ -218,6 +221,21 @@ fn suffix_set(pattern: &str) -> Option<Vec<Vec<u8>>> {
             .map(|l| l.as_bytes().to_vec())
             .collect(),
     )
+}
+
+/// The suffixes of a filter as `forkhook -e a,b` writes it, `\.(?:a|b)$` with plain
+/// names (letters, digits, `_`), read without the regex parser: parsing took a third
+/// of the library's constructor, in every program it is loaded into. Anything else is
+/// for [`suffix_set`] to parse.
+fn launcher_extensions(pattern: &str) -> Option<Vec<Vec<u8>>> {
+    let list = pattern.strip_prefix(r"\.(?:")?.strip_suffix(")$")?;
+    list.split('|')
+        .map(|ext| {
+            let plain =
+                !ext.is_empty() && ext.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            plain.then(|| [b".", ext.as_bytes()].concat())
+        })
+        .collect()
 }
 
 fn build(pattern: &str) -> Result<Regex, regex::Error> {
@@ -742,6 +760,52 @@ mod tests {
                     String::from_utf8_lossy(path)
                 );
             }
+        }
+    }
+
+    #[test]
+    fn the_launchers_filters_are_read_as_the_parser_reads_them() {
+        for exts in [
+            &["lua"][..],
+            &["lua", "py"],
+            &["h", "c", "H_2", "tar"],
+            &["a", "a"],
+        ] {
+            let pattern = crate::launcher::filter_regex(
+                &exts.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                &[],
+            )
+            .unwrap()
+            .unwrap();
+            let mut quick = launcher_extensions(&pattern).expect("read by hand");
+            let hir = parse(&pattern).unwrap();
+            let mut extractor = regex_syntax::hir::literal::Extractor::new();
+            extractor.kind(regex_syntax::hir::literal::ExtractKind::Suffix);
+            let seq = extractor.extract(&hir);
+            assert!(seq.is_exact(), "{pattern}");
+            let mut parsed: Vec<Vec<u8>> = seq
+                .literals()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_bytes().to_vec())
+                .collect();
+            for v in [&mut quick, &mut parsed] {
+                v.sort();
+                v.dedup();
+            }
+            assert_eq!(quick, parsed, "{pattern}");
+        }
+        // Not the launcher's shape, or not plain names: for the parser.
+        for pattern in [
+            r"\.(?:lua)",
+            r"\.(?:lua|)$",
+            r"\.(?:a.b)$",
+            r"\.(?:lu[a])$",
+            r"x\.(?:lua)$",
+            r"\.(?:lua)$|/src/",
+            r"\.(?:lua)$)|(",
+        ] {
+            assert_eq!(launcher_extensions(pattern), None, "{pattern}");
         }
     }
 
