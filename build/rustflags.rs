@@ -74,6 +74,6 @@ fn early_entry_is_safe(flags: &str, crt_static: bool) -> bool {
     let model = codegen_options(flags)
         .iter()
         .filter_map(|o| o.strip_prefix("relocation-model=").map(str::to_string))
-        .last();
+        .next_back();
     !crt_static || model.as_deref() == Some("static")
 }
