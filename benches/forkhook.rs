@@ -12,7 +12,8 @@
 //! overhead), `memory` (3, memory of a session), `scale` (4, 10,000 watched files),
 //! `hook` (5, cost of a hooked `stat`), `writer` (6, a program writing a log beside its
 //! sources), `every` (7, a checkpoint before every file), `access` (8, what a file's
-//! first access costs the run). 2 and 3 share their runs.
+//! first access costs the run), `start` (9, what a session's start costs a small
+//! program). 2 and 3 share their runs.
 //!
 //! Every process a scenario starts is owned by a [`Proc`], whose drop ends it and
 //! every process below it, by pid (never by name), also when a scenario fails.
@@ -1708,6 +1709,100 @@ fn scenario_access(o: &Opts, report: &mut Report) -> Res<()> {
     Ok(())
 }
 
+// ------------------------------------------------------------------------------ 9. start
+
+/// What a session's start costs a program, apart from its files: the launcher and the
+/// library (nothing matching), then the first checkpoint (the coordinator's fork and
+/// checkpoint 1's). A Lua program of 10 small modules runs in about 2 ms, so these
+/// fixed costs, a fraction of a millisecond each, are not lost in the noise of a run
+/// that takes 70 ms, as in scenario 2.
+fn scenario_start(o: &Opts, report: &mut Report) -> Res<()> {
+    eprintln!("9. a session's start");
+    let dir = TempDir::new("start")?;
+    let mut main = String::from("local s = 0\nfor i = 1, 10 do s = s + require(\"m\" .. i) end\n");
+    main.push_str("print(\"done \" .. s)\n");
+    dir.write("main.lua", &main)?;
+    for i in 1..=10 {
+        dir.write(
+            format!("m{i}.lua"),
+            &format!("local t = {{}}\nfor i = 1, 200 do t[i] = i * {i} end\nreturn #t\n"),
+        )?;
+    }
+    settle(Instant::now());
+    let argv = ["lua5.4", "main.lua"];
+    let variants = ["plain", "nothing matching", "first checkpoint"];
+    let command = |variant: usize| {
+        let mut c = match variant {
+            0 => plain(&argv),
+            1 => forkhook("zzz", &argv),
+            _ => {
+                let mut c = forkhook("lua", &argv);
+                c.env("FORKHOOK_CHECKPOINT_SHARE", "0");
+                c
+            }
+        };
+        c.current_dir(&dir.path);
+        c
+    };
+    let rounds = o.pick(301, 21);
+    let mut times: [Vec<f64>; 3] = Default::default();
+    let mut order = Shuffler::new();
+    for round in 0..=rounds {
+        for variant in order.next4().into_iter().filter(|&v| v < 3) {
+            let mut p = Proc::spawn(
+                &format!("start, {}", variants[variant]),
+                &mut command(variant),
+            )?;
+            let done = p.wait_out(|t| t.starts_with("done"))?;
+            if variant == 2 {
+                p.wait_runs_ended(1)?;
+            } else {
+                p.wait_exit()?;
+            }
+            // Round 0 warms the page cache and the library's copy.
+            if round > 0 {
+                times[variant].push(ms(done.at - p.started));
+            }
+        }
+    }
+    let differences = |a: &[f64], b: &[f64]| -> Vec<f64> {
+        sorted(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>())
+    };
+    let spread = |d: &[f64]| {
+        format!(
+            "{:+.3} ms (quartiles {:+.3} to {:+.3})",
+            median(d),
+            percentile(d, 25.0),
+            percentile(d, 75.0)
+        )
+    };
+    let nothing = differences(&times[1], &times[0]);
+    let session = differences(&times[2], &times[1]);
+    report.row(
+        "9. a session's start: a Lua program of 10 modules",
+        fmt_ms(median(&times[0])),
+        format!(
+            "nothing matching {}, first checkpoint {}",
+            fmt_ms(median(&times[1])),
+            fmt_ms(median(&times[2]))
+        ),
+        format!(
+            "launcher and library {}; the session's start {} more (paired)",
+            spread(&nothing),
+            spread(&session)
+        ),
+        "(no target)",
+        "-".to_string(),
+    );
+    report.note(format!(
+        "9: wall time from spawn to the program's last line, {rounds} rounds, each runs \
+         `lua5.4 main.lua` plain, `forkhook -e zzz` (nothing matching) and `forkhook -e \
+         lua` with FORKHOOK_CHECKPOINT_SHARE=0 (one checkpoint) in a random order; \
+         the medians of each round's differences, and their quartiles."
+    ));
+    Ok(())
+}
+
 // ------------------------------------------------------------------------------ main
 
 fn main() {
@@ -1725,7 +1820,7 @@ fn main() {
     type Scenario = fn(&Opts, &mut Report) -> Res<()>;
     let overhead = o.wants("overhead");
     let memory = o.wants("memory");
-    let scenarios: [(&str, bool, Scenario); 7] = [
+    let scenarios: [(&str, bool, Scenario); 8] = [
         ("latency", o.wants("latency"), scenario_latency),
         ("overhead/memory", overhead || memory, |o, r| {
             scenario_projects(o, r, o.wants("overhead"), o.wants("memory"))
@@ -1735,6 +1830,7 @@ fn main() {
         ("writer", o.wants("writer"), scenario_writer),
         ("every", o.wants("every"), scenario_every),
         ("access", o.wants("access"), scenario_access),
+        ("start", o.wants("start"), scenario_start),
     ];
     let mut failed = 0;
     for (name, wanted, run) in scenarios {
