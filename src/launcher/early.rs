@@ -21,9 +21,11 @@
 //! launcher and checks that this code calls nothing outside itself.
 //!
 //! It does what `launcher::main` does for these options, in the same order of cache
-//! directories, and builds the same environment, with one difference: the entries it
-//! does not set are passed on as they were, in their order (std sorts them and drops
-//! duplicates and entries without `=`).
+//! directories, and builds the same environment, with two differences, both of which
+//! leave the command as it would be without forkhook: the entries it does not set are
+//! passed on as they were, in their order (std sorts them and drops duplicates and
+//! entries without `=`), and an ignored SIGPIPE stays ignored (std's `exec` puts it
+//! back to the default).
 
 // `contains` on bytes calls core's memchr through a table that a position-independent
 // build fills in during libc's start-up.
