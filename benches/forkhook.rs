@@ -1603,6 +1603,23 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// `argv` in `dir` three ways, for benches 8 and 9: plain (0), under the launcher with
+/// nothing matching (1, `-e zzz`), and in a session that keeps to its first checkpoint
+/// (2, `-e lua`, FORKHOOK_CHECKPOINT_SHARE=0).
+fn three_ways(variant: usize, argv: &[&str], dir: &Path) -> Command {
+    let mut c = match variant {
+        0 => plain(argv),
+        1 => forkhook("zzz", argv),
+        _ => {
+            let mut c = forkhook("lua", argv);
+            c.env("FORKHOOK_CHECKPOINT_SHARE", "0");
+            c
+        }
+    };
+    c.current_dir(dir);
+    c
+}
+
 /// What a file's first access costs the run (the hook's slow path: the filter, the
 /// file noted, its identity taken with `fstat`, a message to the coordinator), apart
 /// from the forks and the program's own work: a C program opens 2,000 files twice,
@@ -1624,19 +1641,7 @@ fn scenario_access(o: &Opts, report: &mut Report) -> Res<()> {
     let count = n.to_string();
     let argv = [program.as_str(), count.as_str()];
     let variants = ["plain", "nothing matching", "a session"];
-    let command = |variant: usize| {
-        let mut c = match variant {
-            0 => plain(&argv),
-            1 => forkhook("zzz", &argv),
-            _ => {
-                let mut c = forkhook("lua", &argv);
-                c.env("FORKHOOK_CHECKPOINT_SHARE", "0");
-                c
-            }
-        };
-        c.current_dir(&dir.path);
-        c
-    };
+    let command = |variant: usize| three_ways(variant, &argv, &dir.path);
     // Per variant: ns per file, first pass and second.
     let mut first: [Vec<f64>; 3] = Default::default();
     let mut again: [Vec<f64>; 3] = Default::default();
@@ -1731,19 +1736,7 @@ fn scenario_start(o: &Opts, report: &mut Report) -> Res<()> {
     settle(Instant::now());
     let argv = ["lua5.4", "main.lua"];
     let variants = ["plain", "nothing matching", "first checkpoint"];
-    let command = |variant: usize| {
-        let mut c = match variant {
-            0 => plain(&argv),
-            1 => forkhook("zzz", &argv),
-            _ => {
-                let mut c = forkhook("lua", &argv);
-                c.env("FORKHOOK_CHECKPOINT_SHARE", "0");
-                c
-            }
-        };
-        c.current_dir(&dir.path);
-        c
-    };
+    let command = |variant: usize| three_ways(variant, &argv, &dir.path);
     let rounds = o.pick(301, 21);
     let mut times: [Vec<f64>; 3] = Default::default();
     let mut order = Shuffler::new();
