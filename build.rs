@@ -19,6 +19,7 @@ fn main() {
     let crt_static = env::var("CARGO_CFG_TARGET_FEATURE")
         .is_ok_and(|features| features.split(',').any(|f| f == "crt-static"));
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     if env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64")
         && env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
         && early_entry_is_safe(&flags, crt_static)
