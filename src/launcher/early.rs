@@ -319,19 +319,15 @@ fn replaced(name: &[u8], plan: &Plan, marker: bool) -> bool {
 }
 
 /// The launcher's variables, written into `memory` as NUL-terminated "NAME=value"
-/// entries; returns where they start. `marker` is the session marker's descriptor.
+/// entries, after the library's path (see [`exec`]). `marker` is the session marker's
+/// descriptor.
 fn write_settings(
     source: &impl Source,
     plan: &Plan,
     memory: &mut crate::sys::early::Memory,
-    library: (usize, usize),
     marker: Option<i32>,
-) -> Option<usize> {
-    let start = memory.len();
-    // LD_PRELOAD=<library>[:<inherited>]
-    memory.push(b"LD_PRELOAD=")?;
-    let (from, to) = library;
-    copy_within(memory, from, to)?;
+) -> Option<()> {
+    // LD_PRELOAD=<library> is written already, without its NUL: [:<inherited>]
     if let Some(inherited) = source.var(b"LD_PRELOAD").filter(|v| !v.is_empty()) {
         memory.push(b":")?;
         memory.push(inherited)?;
@@ -378,17 +374,6 @@ fn write_settings(
         memory.push(b"FORKHOOK_SESSION_MARKER=")?;
         push_number(memory, fd as u64)?;
         memory.push(b"\0")?;
-    }
-    Some(start)
-}
-
-/// Appends a copy of `memory[from..to]`.
-fn copy_within(memory: &mut crate::sys::early::Memory, from: usize, to: usize) -> Option<()> {
-    let mut i = from;
-    while i < to {
-        let b = *memory.since(i).first()?;
-        memory.push(&[b])?;
-        i += 1;
     }
     Some(())
 }
@@ -456,15 +441,21 @@ fn exec(
     marker: Option<i32>,
 ) -> Option<()> {
     let stack = source.0;
-    let library = library_candidates(source, memory, hash, |memory, start| {
+    let settings = memory.len();
+    memory.push(b"LD_PRELOAD=")?;
+    let found = library_candidates(source, memory, hash, |memory, start| {
         match judge(memory.since(start), library_len as u64) {
-            // Without its NUL.
-            Cached::Found => Some(Some((start, memory.len() - 1))),
+            Cached::Found => Some(true),
             Cached::Unusable => None,
-            Cached::Missing => Some(None),
+            Cached::Missing => Some(false),
         }
-    })??;
-    let settings = write_settings(source, plan, memory, library, marker)?;
+    })?;
+    if !found {
+        return None;
+    }
+    // The path ends with the NUL `judge` needed; the rest of the entry goes there.
+    memory.truncate(memory.len() - 1);
+    write_settings(source, plan, memory, marker)?;
     let settings_end = memory.len();
 
     memory.begin_array()?;
