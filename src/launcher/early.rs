@@ -31,6 +31,8 @@
 // build fills in during libc's start-up.
 #![allow(clippy::manual_contains)]
 
+use crate::sys::early::{self as raw, InitialStack, Memory};
+
 /// What [`launch`] reads: the command line and the environment.
 pub trait Source {
     /// Argument `i` (0 is the launcher), without its NUL.
@@ -218,7 +220,7 @@ fn milliseconds(digits: &[u8]) -> Option<u64> {
 
 /// Writes `n` in decimal (no digit buffer: an unoptimised build fills one with
 /// `memset`).
-fn push_number(memory: &mut crate::sys::early::Memory, n: u64) -> Option<()> {
+fn push_number(memory: &mut Memory, n: u64) -> Option<()> {
     let mut unit = 1;
     while n / unit >= 10 {
         unit *= 10;
@@ -235,14 +237,14 @@ fn push_number(memory: &mut crate::sys::early::Memory, n: u64) -> Option<()> {
 /// with the start of each path, and stops the walk by returning Some.
 fn library_candidates<T>(
     source: &impl Source,
-    memory: &mut crate::sys::early::Memory,
+    memory: &mut Memory,
     hash: &[u8],
-    mut each: impl FnMut(&mut crate::sys::early::Memory, usize) -> Option<T>,
+    mut each: impl FnMut(&mut Memory, usize) -> Option<T>,
 ) -> Option<T> {
     let start = memory.len();
-    let uid_dir = |memory: &mut crate::sys::early::Memory| -> Option<()> {
+    let uid_dir = |memory: &mut Memory| -> Option<()> {
         memory.push(b"forkhook-")?;
-        push_number(memory, u64::from(crate::sys::early::getuid()))
+        push_number(memory, u64::from(raw::getuid()))
     };
     for which in 0..3 {
         memory.truncate(start);
@@ -274,9 +276,9 @@ fn library_candidates<T>(
 /// `PathBuf::from(base).join(rest)` for a relative `rest`: a `/` between them unless
 /// `base` is empty or ends with one.
 fn join(
-    memory: &mut crate::sys::early::Memory,
+    memory: &mut Memory,
     base: &[u8],
-    rest: impl FnOnce(&mut crate::sys::early::Memory) -> Option<()>,
+    rest: impl FnOnce(&mut Memory) -> Option<()>,
 ) -> Option<()> {
     memory.push(base)?;
     if base.last().is_some_and(|&b| b != b'/') {
@@ -299,7 +301,7 @@ fn judge(path: &[u8], library_len: u64) -> Cached {
     if path.iter().any(|&b| b == b' ' || b == b':') {
         return Cached::Unusable;
     }
-    match crate::sys::early::file_size(path) {
+    match raw::file_size(path) {
         Some(size) if size == library_len => Cached::Found,
         _ => Cached::Missing,
     }
@@ -324,7 +326,7 @@ fn replaced(name: &[u8], plan: &Plan, marker: bool) -> bool {
 fn write_settings(
     source: &impl Source,
     plan: &Plan,
-    memory: &mut crate::sys::early::Memory,
+    memory: &mut Memory,
     marker: Option<i32>,
 ) -> Option<()> {
     // LD_PRELOAD=<library> is written already, without its NUL: [:<inherited>]
@@ -368,7 +370,7 @@ fn write_settings(
         Threads::Skip => memory.push(b"FORKHOOK_THREADS=skip\0")?,
     }
     memory.push(b"FORKHOOK_LAUNCHER_PID=")?;
-    push_number(memory, crate::sys::early::getpid() as u64)?;
+    push_number(memory, raw::getpid() as u64)?;
     memory.push(b"\0")?;
     if let Some(fd) = marker {
         memory.push(b"FORKHOOK_SESSION_MARKER=")?;
@@ -395,7 +397,7 @@ fn try_next_directory(errno: i32) -> bool {
 /// Handles the launch if it is one of the common kind (see the module's
 /// documentation); returns if not, or if exec failed, having undone everything.
 /// `library_len` and `hash` are those of the embedded library.
-pub fn launch(stack: &crate::sys::early::InitialStack, library_len: usize, hash: &[u8]) {
+pub fn launch(stack: &InitialStack, library_len: usize, hash: &[u8]) {
     let source = StackSource(stack);
     let Some(plan) = plan(&source) else {
         return;
@@ -415,10 +417,10 @@ pub fn launch(stack: &crate::sys::early::InitialStack, library_len: usize, hash:
         i += 1;
     }
     needed += 8 * (stack.environment().count() + 16);
-    let Some(mut memory) = crate::sys::early::Memory::map(needed) else {
+    let Some(mut memory) = Memory::map(needed) else {
         return;
     };
-    let marker = crate::sys::early::memfd_inheritable(b"forkhook-session\0");
+    let marker = raw::memfd_inheritable(b"forkhook-session\0");
     // Returns only if nothing was run: leave no trace for the ordinary start.
     // The marker as descriptor 0, 1 or 2 means one of them was closed: Rust's start
     // opens /dev/null there, which is for it to do.
@@ -426,7 +428,7 @@ pub fn launch(stack: &crate::sys::early::InitialStack, library_len: usize, hash:
         exec(&source, &plan, &mut memory, (library_len, hash), marker);
     }
     if let Some(fd) = marker {
-        crate::sys::early::close(fd);
+        raw::close(fd);
     }
     memory.free();
 }
@@ -436,7 +438,7 @@ pub fn launch(stack: &crate::sys::early::InitialStack, library_len: usize, hash:
 fn exec(
     source: &StackSource,
     plan: &Plan,
-    memory: &mut crate::sys::early::Memory,
+    memory: &mut Memory,
     (library_len, hash): (usize, &[u8]),
     marker: Option<i32>,
 ) -> Option<()> {
@@ -505,7 +507,7 @@ fn exec(
 }
 
 /// The real command line and environment, on the initial stack.
-struct StackSource<'s>(&'s crate::sys::early::InitialStack);
+struct StackSource<'s>(&'s InitialStack);
 
 impl Source for StackSource<'_> {
     fn arg(&self, i: usize) -> Option<&'static [u8]> {
@@ -630,7 +632,7 @@ mod tests {
 
     #[test]
     fn numbers_are_written_in_decimal() {
-        let mut memory = crate::sys::early::Memory::map(4096).unwrap();
+        let mut memory = Memory::map(4096).unwrap();
         for n in [0, 7, 10, 99, 100, 4_294_967_296, u64::MAX] {
             let start = memory.len();
             push_number(&mut memory, n).unwrap();
