@@ -89,10 +89,10 @@ impl SessionState {
         sys::send_message(self.up, &message.encode(), pass)
     }
 
-    /// Tells the coordinator through the ring, with no system call unless it sleeps
-    /// (then one wake-up); through the socket if the ring is full.
-    fn tell(&self, bytes: &[u8]) {
-        match ring().and_then(|r| r.push(bytes)) {
+    /// Tells the coordinator of a first access through the ring, with no system call
+    /// unless it sleeps (then one wake-up); through the socket if the ring is full.
+    fn tell(&self, access: &AccessOf) {
+        match ring().and_then(|r| r.push(access.encoded_len(), |out| access.write(out))) {
             Some(false) => {}
             Some(true) => {
                 if self.connected() {
@@ -101,7 +101,7 @@ impl SessionState {
             }
             None => {
                 if self.connected() {
-                    let _ = sys::send_message(self.up, bytes, None);
+                    let _ = sys::send_message(self.up, &access.encode(), None);
                 }
             }
         }
@@ -177,7 +177,7 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
     // Time into the run, read once (the clock is most of what a first access costs
     // beyond the hash lookups); again only after a checkpoint.
     let mut elapsed = session.origin.elapsed();
-    let hot = || ring().is_some_and(|r| r.is_hot(sys::path_hash(file.as_os_str().as_bytes())));
+    let hot = || ring().is_some_and(|r| r.is_hot(file.as_os_str().as_bytes()));
     let verdict = if session.depth == 0 {
         // The first checkpoint (the program's start, as far as files go) is always taken.
         Verdict::Take {
@@ -261,7 +261,7 @@ pub(crate) fn at_first_access(file: &Path, mut seen: Observed, opened: Option<Ra
         fingerprint: seen.fingerprint,
         file,
     };
-    session.tell(&access.encode());
+    session.tell(&access);
     then
 }
 

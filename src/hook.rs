@@ -292,8 +292,10 @@ pub fn at_exit() {
 pub enum Found {
     /// A descriptor it opened (for `fopen`, the stream's descriptor).
     Fd(RawFd),
-    /// A `stat` result: only the path.
+    /// A `stat` result that says no more than that the path exists.
     Path,
+    /// The program's own `stat`/`lstat` result (the layout of `struct stat`).
+    Stat(sys::StatBuf),
 }
 
 /// What the hooked function does next.
@@ -448,6 +450,12 @@ fn first_access(abs: &CStr, name: Option<Name>, found: Found) -> Then {
     // A directory, or a device, is no dependency.
     let stat = match found {
         Found::Fd(fd) => sys::fstat(fd),
+        // What the program saw, with no second lookup; a symlink's own (`lstat`) says
+        // nothing of the file it names, which is looked up.
+        Found::Stat(buf) => match buf.read() {
+            seen if seen.regular => Ok(seen),
+            _ => sys::stat(abs),
+        },
         Found::Path => sys::stat(abs),
     };
     let stat = match stat {
@@ -466,7 +474,7 @@ fn first_access(abs: &CStr, name: Option<Name>, found: Found) -> Then {
     let seen = Observed::from_stat(file, &stat, found);
     let opened = match found {
         Found::Fd(fd) => Some(fd),
-        Found::Path => None,
+        Found::Path | Found::Stat(_) => None,
     };
     checkpoint::at_first_access(file, seen, opened)
 }
@@ -487,7 +495,7 @@ impl Observed {
         } else {
             match found {
                 Found::Fd(fd) => Fingerprint::of_open(fd, stat),
-                Found::Path => Fingerprint::of_path(file),
+                Found::Path | Found::Stat(_) => Fingerprint::of_path(file),
             }
         };
         Observed {

@@ -102,7 +102,7 @@ impl Up {
             }
             Up::Access { .. } => {
                 if let Some(access) = self.as_access() {
-                    access.put(&mut w);
+                    return access.encode();
                 }
             }
             Up::RunStarted {
@@ -237,21 +237,37 @@ pub struct AccessOf<'a> {
 }
 
 impl AccessOf<'_> {
+    /// Bytes before the path: tag, epoch, checkpoint, elapsed, identity, fingerprint,
+    /// path length.
+    const FIXED: usize = 1 + 8 + 4 + 8 + Identity::LEN + Fingerprint::LEN + 4;
+
+    /// Length of the encoding.
+    pub fn encoded_len(&self) -> usize {
+        Self::FIXED + self.file.as_os_str().len()
+    }
+
     /// The same bytes as `Up::Access { .. }.encode()`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Vec::with_capacity(128 + self.file.as_os_str().len());
-        self.put(&mut w);
+        let mut w = vec![0; self.encoded_len()];
+        self.write(&mut w);
         w
     }
 
-    fn put(&self, w: &mut Vec<u8>) {
-        w.push(2);
-        w.extend_from_slice(&self.epoch.to_le_bytes());
-        w.extend_from_slice(&self.checkpoint.to_le_bytes());
-        w.extend_from_slice(&self.elapsed_ns.to_le_bytes());
-        w.extend_from_slice(&self.identity.to_bytes());
-        w.extend_from_slice(&self.fingerprint.to_bytes());
-        put_path(w, self.file);
+    /// Writes the encoding into `out`, exactly [`AccessOf::encoded_len`] bytes long: in the
+    /// run, straight into the ring, with no buffer of its own to allocate and free.
+    pub fn write(&self, out: &mut [u8]) {
+        let path = self.file.as_os_str().as_bytes();
+        let (fixed, rest) = out.split_at_mut(Self::FIXED);
+        fixed[0] = 2;
+        fixed[1..9].copy_from_slice(&self.epoch.to_le_bytes());
+        fixed[9..13].copy_from_slice(&self.checkpoint.to_le_bytes());
+        fixed[13..21].copy_from_slice(&self.elapsed_ns.to_le_bytes());
+        let (identity, tail) = fixed[21..].split_at_mut(Identity::LEN);
+        identity.copy_from_slice(&self.identity.to_bytes());
+        let (fingerprint, length) = tail.split_at_mut(Fingerprint::LEN);
+        fingerprint.copy_from_slice(&self.fingerprint.to_bytes());
+        length.copy_from_slice(&(path.len() as u32).to_le_bytes());
+        rest.copy_from_slice(path);
     }
 }
 

@@ -80,6 +80,25 @@ fn file_stat_from(st: &libc::stat) -> FileStat {
     }
 }
 
+/// The `struct stat` a program's own `stat`/`lstat`/`fstatat` call just filled,
+/// passed to the hook by reference, read only if the file turns out to matter.
+#[derive(Debug, Clone, Copy)]
+pub struct StatBuf(*const libc::stat);
+
+impl StatBuf {
+    /// # Safety
+    /// `buf` points to a `struct stat` that a successful call filled, and stays valid
+    /// and unchanged until the hooked call returns (the only time it is read).
+    pub unsafe fn new(buf: *const libc::c_void) -> StatBuf {
+        StatBuf(buf as *const libc::stat)
+    }
+
+    pub fn read(&self) -> FileStat {
+        // SAFETY: see `new`: a filled `struct stat`, read during the hooked call.
+        file_stat_from(unsafe { &*self.0 })
+    }
+}
+
 /// `stat(2)` following symlinks, through the raw syscall.
 pub fn stat(path: &CStr) -> io::Result<FileStat> {
     stat_at(path, 0)
@@ -904,13 +923,14 @@ impl Ring {
         }
     }
 
-    /// Appends `message`. Returns `None` if it does not fit now (the coordinator is
-    /// behind), else whether the coordinator sleeps and must be woken.
-    pub fn push(&self, message: &[u8]) -> Option<bool> {
+    /// Appends a message `len` bytes long, which `fill` writes in place. Returns
+    /// `None` if it does not fit now (the coordinator is behind), else whether the
+    /// coordinator sleeps and must be woken.
+    pub fn push(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> Option<bool> {
         let h = self.header();
         let mut write = h.write.load(Ordering::Relaxed);
         let read = h.read.load(Ordering::Acquire);
-        let need = 4 + message.len() as u64;
+        let need = 4 + len as u64;
         let room_to_end = RING_DATA as u64 - write % RING_DATA as u64;
         let wrap = if room_to_end < need { room_to_end } else { 0 };
         if need > RING_DATA as u64 / 4 || write + wrap + need - read > RING_DATA as u64 {
@@ -925,10 +945,11 @@ impl Ring {
             write += wrap;
         }
         // SAFETY: `need` bytes from `write` lie inside the data area (no wrap left),
-        // and the coordinator does not read them before `write` is published below.
+        // and the coordinator does not read them before `write` is published below;
+        // only this process writes there (one writer at a time), so the slice is ours.
         unsafe {
-            (self.data(write) as *mut u32).write_unaligned(message.len() as u32);
-            std::ptr::copy_nonoverlapping(message.as_ptr(), self.data(write + 4), message.len());
+            (self.data(write) as *mut u32).write_unaligned(len as u32);
+            fill(std::slice::from_raw_parts_mut(self.data(write + 4), len));
         }
         h.write.store(write + need, Ordering::SeqCst);
         Some(h.sleeping.swap(0, Ordering::SeqCst) == 1)
@@ -1006,11 +1027,15 @@ impl Ring {
         }
     }
 
-    pub fn is_hot(&self, hash: u64) -> bool {
-        self.header()
-            .hot
-            .iter()
-            .any(|slot| slot.load(Ordering::Acquire) == hash)
+    /// Is `path` one of the hot files? Hashed only if there are any: a session's
+    /// first run has none, and that run reads the most files.
+    pub fn is_hot(&self, path: &[u8]) -> bool {
+        let hot = &self.header().hot;
+        if hot.iter().all(|slot| slot.load(Ordering::Acquire) == 0) {
+            return false;
+        }
+        let hash = path_hash(path);
+        hot.iter().any(|slot| slot.load(Ordering::Acquire) == hash)
     }
 }
 
@@ -1677,6 +1702,22 @@ pub mod early {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_programs_stat_buffer_reads_as_our_own_stat() {
+        let path = c"/proc/self/exe";
+        let mut st = MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: libc's own `stat` into a valid out-pointer, read only on success.
+        assert_eq!(unsafe { libc::stat(path.as_ptr(), st.as_mut_ptr()) }, 0);
+        // SAFETY: filled by the successful call above, and alive until the end.
+        let seen = unsafe { StatBuf::new(st.as_ptr() as *const libc::c_void) }.read();
+        let ours = stat(path).unwrap();
+        assert!(seen.regular);
+        assert_eq!(
+            (seen.dev, seen.ino, seen.size, seen.mtime_ns, seen.ctime_ns),
+            (ours.dev, ours.ino, ours.size, ours.mtime_ns, ours.ctime_ns)
+        );
+    }
 
     const SMAPS: &str = "\
 5599fc94a000-5599fc951000 r--p 00000000 fe:00 1234 /usr/bin/lua5.4

@@ -138,3 +138,59 @@ fn errno_is_as_the_real_call_left_it() {
         "{out}"
     );
 }
+
+/// A file first reached by a `stat`-family call: the hook takes its identity from
+/// what the call returned. `lstat` of a symlink returns the link's own, which says
+/// nothing of the file it names: that one must still be tracked, and its edits seen.
+const STATS: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+static void show(const char *name) {
+    char v[64] = "";
+    int fd = open(name, O_RDONLY);
+    if (fd >= 0) { read(fd, v, sizeof v - 1); close(fd); }
+    printf("%s: %s", name, v);
+}
+int main(void) {
+    struct stat st;
+    printf("start\n");
+    fflush(stdout);
+    if (lstat("link.txt", &st) != 0 || !S_ISLNK(st.st_mode)) return 1;
+    if (fstatat(AT_FDCWD, "plain.txt", &st, AT_SYMLINK_NOFOLLOW) != 0) return 1;
+    show("link.txt");
+    show("plain.txt");
+    printf("done\n");
+    fflush(stdout);
+    return 0;
+}
+"#;
+
+#[test]
+fn files_first_reached_by_stat_or_lstat_of_a_symlink_are_tracked() {
+    let _lock = lock();
+    let dir = TempDir::new("paths-stat");
+    dir.write("real.txt", "real-1\n");
+    dir.write("plain.txt", "plain-1\n");
+    std::os::unix::fs::symlink("real.txt", dir.join("link.txt")).unwrap();
+    let program = compile_c(&dir, "stats", STATS);
+    let mut s = forkhook_in(&dir, &["-v", "-e", "txt"], &program);
+    // The session starts at the `lstat`, not at the `open` after it.
+    let link = dir.join("link.txt");
+    s.expect_stderr(&format!("checkpoint 1 before {}", link.display()), T);
+    s.expect_stdout("link.txt: real-1", T);
+    s.expect_stdout("plain.txt: plain-1", T);
+    s.expect_stdout("done", T);
+    s.expect_stderr("run exited", T);
+
+    save_rename_over(&dir.join("plain.txt"), "plain-2\n");
+    s.expect_stdout("plain.txt: plain-2", T);
+    s.expect_stdout("done", T);
+    s.expect_stderr("run exited", T);
+
+    save_truncate_write(&dir.join("real.txt"), "real-2\n");
+    s.expect_stdout("link.txt: real-2", T);
+    s.expect_stdout("done", T);
+    assert_eq!(s.count_stdout("start"), 1, "{}", s.transcript());
+}

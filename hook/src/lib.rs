@@ -15,6 +15,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use forkhook::hook::{after_access, cwd_changed, exec_environment, Found, Intent, Then};
+use forkhook::sys::StatBuf;
 use libc::{c_char, c_int, c_void, mode_t, pid_t, FILE};
 use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -210,7 +211,18 @@ macro_rules! hook_freopen {
 hook_freopen!(freopen, freopen64);
 
 // ---------------------------------------------------------------- the stat family
-// The buffer is only passed through, so its type does not matter here.
+// The buffer is passed through, and its type matters only to `filled`.
+
+/// What a successful `stat`, `stat64`, `lstat`, `lstat64`, `fstatat` or `fstatat64`
+/// left in `buf`: a `struct stat`, which on these targets `struct stat64` is too. The
+/// core reads it rather than looking the file up again.
+unsafe fn filled(buf: *mut c_void) -> Found {
+    if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) && !buf.is_null() {
+        Found::Stat(StatBuf::new(buf))
+    } else {
+        Found::Path
+    }
+}
 
 macro_rules! hook_stat {
     ($($name:ident),*) => {$(
@@ -220,7 +232,7 @@ macro_rules! hook_stat {
                 return missing(-1);
             };
             let result = f(path, buf);
-            if result == 0 && again(libc::AT_FDCWD, path, Intent::Stat, Found::Path) {
+            if result == 0 && again(libc::AT_FDCWD, path, Intent::Stat, filled(buf)) {
                 return f(path, buf);
             }
             result
@@ -237,7 +249,7 @@ macro_rules! hook_fstatat {
                 return missing(-1);
             };
             let result = f(dirfd, path, buf, flags);
-            if result == 0 && again(dirfd, path, Intent::Stat, Found::Path) {
+            if result == 0 && again(dirfd, path, Intent::Stat, filled(buf)) {
                 return f(dirfd, path, buf, flags);
             }
             result
