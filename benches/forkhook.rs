@@ -1567,6 +1567,8 @@ fn scenario_every(o: &Opts, report: &mut Report) -> Res<()> {
 const ACCESS_BENCH_C: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 static double now_ns(void) {
@@ -1575,14 +1577,20 @@ static double now_ns(void) {
     return t.tv_sec * 1e9 + t.tv_nsec;
 }
 
-/* Reads f1.lua .. fN.lua the way Lua's loader does (fopen, a read, fclose), twice:
-   the first pass is each file's first access, the second reads files already known.
-   f0.lua, read before the clock starts, is where a session takes its checkpoint. */
-static double pass(int n) {
+/* Reaches f1.lua .. fN.lua twice: the first pass is each file's first access, the
+   second reaches files already known. "open" reads each as Lua's loader does (fopen,
+   a read, fclose); "stat" stats it, as CPython does a module whose .pyc is valid.
+   f0.lua, reached before the clock starts, is where a session takes its checkpoint. */
+static double pass(int n, int by_stat) {
     char name[32];
+    struct stat st;
     double t0 = now_ns();
     for (int i = 1; i <= n; i++) {
         snprintf(name, sizeof name, "f%d.lua", i);
+        if (by_stat) {
+            if (stat(name, &st) != 0) { perror(name); exit(1); }
+            continue;
+        }
         FILE *f = fopen(name, "r");
         if (!f) { perror(name); exit(1); }
         fgetc(f);
@@ -1593,10 +1601,11 @@ static double pass(int n) {
 
 int main(int argc, char **argv) {
     int n = atoi(argv[1]);
+    int by_stat = argc > 2 && strcmp(argv[2], "stat") == 0;
     FILE *f = fopen("f0.lua", "r");
     if (f) fclose(f);
-    double first = pass(n);
-    double again = pass(n);
+    double first = pass(n, by_stat);
+    double again = pass(n, by_stat);
     printf("first %.1f\nagain %.1f\ndone\n", first, again);
     fflush(stdout);
     return 0;
@@ -1639,18 +1648,70 @@ fn scenario_access(o: &Opts, report: &mut Report) -> Res<()> {
     settle(Instant::now());
     let program = dir.join("accessbench").to_string_lossy().into_owned();
     let count = n.to_string();
-    let argv = [program.as_str(), count.as_str()];
+    for (mode, first_label, again_label) in [
+        (
+            "open",
+            format!("8. a first access (fopen, a read, fclose of each of {n} files)"),
+            "8. the same files read again (names known)",
+        ),
+        (
+            "stat",
+            format!("8. a first access by `stat` (as CPython reaches a module with a valid .pyc), {n} files"),
+            "8. the same files stat'ed again (names known)",
+        ),
+    ] {
+        let argv = [program.as_str(), count.as_str(), mode];
+        let (first, again) = access_rounds(o, &argv, &dir.path)?;
+        let paired_extra = |a: &[f64], b: &[f64]| {
+            median(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>())
+        };
+        let us = |ns: f64| format!("{:+.2} µs", ns / 1000.0);
+        for (label, times) in [(first_label.as_str(), &first), (again_label, &again)] {
+            report.row(
+                label,
+                format!("{:.2} µs per file", median(&times[0]) / 1000.0),
+                format!(
+                    "{:.2} µs with nothing matching, {:.2} µs in a session",
+                    median(&times[1]) / 1000.0,
+                    median(&times[2]) / 1000.0
+                ),
+                format!(
+                    "{} per file over nothing matching (paired)",
+                    us(paired_extra(&times[2], &times[1]))
+                ),
+                "(no target)",
+                "-".to_string(),
+            );
+        }
+    }
+    report.note(format!(
+        "8: a C program (gcc -O2) reads f1.lua to f{n}.lua (files older than 3 s) as \
+         Lua's loader does, then again, and in other runs stats them instead, as \
+         CPython does modules whose .pyc is valid; f0.lua, read first, starts the session \
+         (`forkhook -e lua`, FORKHOOK_CHECKPOINT_SHARE=0: one checkpoint, before the \
+         clock starts). Medians of {} rounds, each runs plain, with nothing matching \
+         (`-e zzz`) and in a session, in a random order; paired = the median of each \
+         round's difference.",
+        o.pick(21, 3)
+    ));
+    Ok(())
+}
+
+/// Per variant of [`three_ways`] (plain, nothing matching, a session), one time a round.
+type ThreeWays = [Vec<f64>; 3];
+
+/// Bench 8's rounds for one way of reaching the files (`argv`): ns per file of the
+/// first pass and of the second.
+fn access_rounds(o: &Opts, argv: &[&str], dir: &Path) -> Res<(ThreeWays, ThreeWays)> {
     let variants = ["plain", "nothing matching", "a session"];
-    let command = |variant: usize| three_ways(variant, &argv, &dir.path);
-    // Per variant: ns per file, first pass and second.
-    let mut first: [Vec<f64>; 3] = Default::default();
-    let mut again: [Vec<f64>; 3] = Default::default();
+    let mut first = ThreeWays::default();
+    let mut again = ThreeWays::default();
     let mut order = Shuffler::new();
     for round in 0..=o.pick(21, 3) {
         for variant in order.next4().into_iter().filter(|&v| v < 3) {
             let mut p = Proc::spawn(
-                &format!("accessbench, {}", variants[variant]),
-                &mut command(variant),
+                &format!("accessbench {}, {}", argv[2], variants[variant]),
+                &mut three_ways(variant, argv, dir),
             )?;
             let read = |p: &mut Proc, key: &str| -> Res<f64> {
                 let line = p.wait_out(|t| t.starts_with(key))?;
@@ -1673,45 +1734,7 @@ fn scenario_access(o: &Opts, report: &mut Report) -> Res<()> {
             }
         }
     }
-    let paired_extra =
-        |a: &[f64], b: &[f64]| median(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>());
-    let us = |ns: f64| format!("{:+.2} µs", ns / 1000.0);
-    for (label, times) in [
-        (
-            format!("8. a first access (fopen, a read, fclose of each of {n} files)"),
-            &first,
-        ),
-        (
-            "8. the same files read again (names known)".to_string(),
-            &again,
-        ),
-    ] {
-        report.row(
-            &label,
-            format!("{:.2} µs per file", median(&times[0]) / 1000.0),
-            format!(
-                "{:.2} µs with nothing matching, {:.2} µs in a session",
-                median(&times[1]) / 1000.0,
-                median(&times[2]) / 1000.0
-            ),
-            format!(
-                "{} per file over nothing matching (paired)",
-                us(paired_extra(&times[2], &times[1]))
-            ),
-            "(no target)",
-            "-".to_string(),
-        );
-    }
-    report.note(format!(
-        "8: a C program (gcc -O2) reads f1.lua to f{n}.lua (files older than 3 s) as \
-         Lua's loader does, then again; f0.lua, read first, starts the session \
-         (`forkhook -e lua`, FORKHOOK_CHECKPOINT_SHARE=0: one checkpoint, before the \
-         clock starts). Medians of {} rounds, each runs plain, with nothing matching \
-         (`-e zzz`) and in a session, in a random order; paired = the median of each \
-         round's difference.",
-        o.pick(21, 3)
-    ));
-    Ok(())
+    Ok((first, again))
 }
 
 // ------------------------------------------------------------------------------ 9. start
