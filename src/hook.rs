@@ -294,7 +294,7 @@ pub enum Found {
     Fd(RawFd),
     /// A `stat` result that says no more than that the path exists.
     Path,
-    /// The program's own `stat`/`lstat` result (the layout of `struct stat`).
+    /// The program's own `stat`/`lstat`/`statx` result.
     Stat(sys::StatBuf),
 }
 
@@ -453,7 +453,7 @@ fn first_access(abs: &CStr, name: Option<Name>, found: Found) -> Then {
         // What the program saw, with no second lookup; a symlink's own (`lstat`) says
         // nothing of the file it names, which is looked up.
         Found::Stat(buf) => match buf.read() {
-            seen if seen.regular => Ok(seen),
+            Some(seen) if seen.regular => Ok(seen),
             _ => sys::stat(abs),
         },
         Found::Path => sys::stat(abs),

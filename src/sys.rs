@@ -80,22 +80,60 @@ fn file_stat_from(st: &libc::stat) -> FileStat {
     }
 }
 
-/// The `struct stat` a program's own `stat`/`lstat`/`fstatat` call just filled,
-/// passed to the hook by reference, read only if the file turns out to matter.
+/// What a program's own `stat`-family call just filled, passed to the hook by
+/// reference and read only if the file turns out to matter.
 #[derive(Debug, Clone, Copy)]
-pub struct StatBuf(*const libc::stat);
+pub enum StatBuf {
+    /// A `struct stat` (`stat`, `lstat`, `fstatat`, and their 64-bit forms where
+    /// `struct stat64` is the same).
+    Stat(*const libc::stat),
+    /// A `struct statx`.
+    Statx(*const libc::statx),
+}
+
+/// The fields of a `statx` result that make a [`FileStat`] (the device is always there).
+const STATX_NEEDED: u32 =
+    libc::STATX_TYPE | libc::STATX_INO | libc::STATX_SIZE | libc::STATX_MTIME | libc::STATX_CTIME;
 
 impl StatBuf {
     /// # Safety
     /// `buf` points to a `struct stat` that a successful call filled, and stays valid
     /// and unchanged until the hooked call returns (the only time it is read).
-    pub unsafe fn new(buf: *const libc::c_void) -> StatBuf {
-        StatBuf(buf as *const libc::stat)
+    pub unsafe fn stat(buf: *const libc::c_void) -> StatBuf {
+        StatBuf::Stat(buf as *const libc::stat)
     }
 
-    pub fn read(&self) -> FileStat {
-        // SAFETY: see `new`: a filled `struct stat`, read during the hooked call.
-        file_stat_from(unsafe { &*self.0 })
+    /// # Safety
+    /// As for [`StatBuf::stat`], with a `struct statx`.
+    pub unsafe fn statx(buf: *const libc::c_void) -> StatBuf {
+        StatBuf::Statx(buf as *const libc::statx)
+    }
+
+    /// `None` if the program asked `statx` for less than a [`FileStat`] holds.
+    pub fn read(&self) -> Option<FileStat> {
+        match *self {
+            // SAFETY: see `stat`: a filled `struct stat`, read during the hooked call.
+            StatBuf::Stat(buf) => Some(file_stat_from(unsafe { &*buf })),
+            StatBuf::Statx(buf) => {
+                // SAFETY: see `statx`: a filled `struct statx`, read during the call.
+                let st = unsafe { &*buf };
+                if st.stx_mask & STATX_NEEDED != STATX_NEEDED {
+                    return None;
+                }
+                let kind = u32::from(st.stx_mode) & libc::S_IFMT;
+                let ns = |t: libc::statx_timestamp| t.tv_sec * 1_000_000_000 + i64::from(t.tv_nsec);
+                Some(FileStat {
+                    regular: kind == libc::S_IFREG,
+                    socket: kind == libc::S_IFSOCK,
+                    dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
+                    ino: st.stx_ino,
+                    size: st.stx_size,
+                    mtime_ns: ns(st.stx_mtime),
+                    ctime_ns: ns(st.stx_ctime),
+                    symlink: kind == libc::S_IFLNK,
+                })
+            }
+        }
     }
 }
 
@@ -1704,19 +1742,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_programs_stat_buffer_reads_as_our_own_stat() {
+    fn a_programs_stat_buffers_read_as_our_own_stat() {
         let path = c"/proc/self/exe";
+        let ours = stat(path).unwrap();
+        let same = |seen: FileStat| {
+            assert!(seen.regular && !seen.symlink && !seen.socket);
+            assert_eq!(
+                (seen.dev, seen.ino, seen.size, seen.mtime_ns, seen.ctime_ns),
+                (ours.dev, ours.ino, ours.size, ours.mtime_ns, ours.ctime_ns)
+            );
+        };
         let mut st = MaybeUninit::<libc::stat>::uninit();
         // SAFETY: libc's own `stat` into a valid out-pointer, read only on success.
         assert_eq!(unsafe { libc::stat(path.as_ptr(), st.as_mut_ptr()) }, 0);
         // SAFETY: filled by the successful call above, and alive until the end.
-        let seen = unsafe { StatBuf::new(st.as_ptr() as *const libc::c_void) }.read();
-        let ours = stat(path).unwrap();
-        assert!(seen.regular);
-        assert_eq!(
-            (seen.dev, seen.ino, seen.size, seen.mtime_ns, seen.ctime_ns),
-            (ours.dev, ours.ino, ours.size, ours.mtime_ns, ours.ctime_ns)
+        same(unsafe { StatBuf::stat(st.as_ptr().cast()) }.read().unwrap());
+
+        let mut stx = MaybeUninit::<libc::statx>::uninit();
+        let statx = |mask: u32, out: *mut libc::statx| {
+            // SAFETY: libc's own `statx` into a valid out-pointer.
+            unsafe { libc::statx(libc::AT_FDCWD, path.as_ptr(), 0, mask, out) }
+        };
+        assert_eq!(statx(libc::STATX_BASIC_STATS, stx.as_mut_ptr()), 0);
+        // SAFETY: filled by the successful call above.
+        same(
+            unsafe { StatBuf::statx(stx.as_ptr().cast()) }
+                .read()
+                .unwrap(),
         );
+        // A program that asked for less (here the size only) has its result left alone.
+        let mut stx = MaybeUninit::<libc::statx>::zeroed();
+        assert_eq!(statx(libc::STATX_SIZE, stx.as_mut_ptr()), 0);
+        // SAFETY: filled by the successful call above.
+        let read = unsafe { StatBuf::statx(stx.as_ptr().cast()) }.read();
+        // The kernel may fill more than was asked; what it says it filled decides.
+        // SAFETY: as above.
+        let mask = unsafe { stx.assume_init() }.stx_mask;
+        assert_eq!(read.is_some(), mask & STATX_NEEDED == STATX_NEEDED);
     }
 
     const SMAPS: &str = "\

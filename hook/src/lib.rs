@@ -215,10 +215,10 @@ hook_freopen!(freopen, freopen64);
 
 /// What a successful `stat`, `stat64`, `lstat`, `lstat64`, `fstatat` or `fstatat64`
 /// left in `buf`: a `struct stat`, which on these targets `struct stat64` is too. The
-/// core reads it rather than looking the file up again.
+/// core reads it rather than looking the file up again (`statx` hands on its own).
 unsafe fn filled(buf: *mut c_void) -> Found {
     if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) && !buf.is_null() {
-        Found::Stat(StatBuf::new(buf))
+        Found::Stat(StatBuf::stat(buf))
     } else {
         Found::Path
     }
@@ -271,7 +271,11 @@ pub unsafe extern "C" fn statx(
         return missing(-1);
     };
     let result = f(dirfd, path, flags, mask, buf);
-    if result == 0 && again(dirfd, path, Intent::Stat, Found::Path) {
+    let found = match buf.is_null() {
+        true => Found::Path,
+        false => Found::Stat(StatBuf::statx(buf)),
+    };
+    if result == 0 && again(dirfd, path, Intent::Stat, found) {
         return f(dirfd, path, flags, mask, buf);
     }
     result
