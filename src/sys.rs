@@ -81,9 +81,13 @@ fn file_stat_from(st: &libc::stat) -> FileStat {
 }
 
 /// What a program's own `stat`-family call just filled, passed to the hook by
-/// reference and read only if the file turns out to matter.
+/// reference and read only if the file turns out to matter. Made only through the
+/// `unsafe` constructors, whose contract makes [`StatBuf::read`] sound.
 #[derive(Debug, Clone, Copy)]
-pub enum StatBuf {
+pub struct StatBuf(Filled);
+
+#[derive(Debug, Clone, Copy)]
+enum Filled {
     /// A `struct stat` (`stat`, `lstat`, `fstatat`, and their 64-bit forms where
     /// `struct stat64` is the same).
     Stat(*const libc::stat),
@@ -100,21 +104,21 @@ impl StatBuf {
     /// `buf` points to a `struct stat` that a successful call filled, and stays valid
     /// and unchanged until the hooked call returns (the only time it is read).
     pub unsafe fn stat(buf: *const libc::c_void) -> StatBuf {
-        StatBuf::Stat(buf as *const libc::stat)
+        StatBuf(Filled::Stat(buf as *const libc::stat))
     }
 
     /// # Safety
     /// As for [`StatBuf::stat`], with a `struct statx`.
     pub unsafe fn statx(buf: *const libc::c_void) -> StatBuf {
-        StatBuf::Statx(buf as *const libc::statx)
+        StatBuf(Filled::Statx(buf as *const libc::statx))
     }
 
     /// `None` if the program asked `statx` for less than a [`FileStat`] holds.
     pub fn read(&self) -> Option<FileStat> {
-        match *self {
+        match self.0 {
             // SAFETY: see `stat`: a filled `struct stat`, read during the hooked call.
-            StatBuf::Stat(buf) => Some(file_stat_from(unsafe { &*buf })),
-            StatBuf::Statx(buf) => {
+            Filled::Stat(buf) => Some(file_stat_from(unsafe { &*buf })),
+            Filled::Statx(buf) => {
                 // SAFETY: see `statx`: a filled `struct statx`, read during the call.
                 let st = unsafe { &*buf };
                 if st.stx_mask & STATX_NEEDED != STATX_NEEDED {
